@@ -1,0 +1,13 @@
+"""Sphinx configuration: Chinese documentation of ms_optim (hand-written API pages in api_python/)."""
+import os
+import sys
+
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "_ext")))
+
+from common_conf import *  # noqa: E402,F401,F403  (shared settings, extensions, setup())
+
+language = "zh_CN"
+coverage_check_language = "zh_cn"
+html_title = f"ms_optim {release} 文档"
+# The zh API pages are hand-written; nothing is generated from docstrings here.
+autosummary_generate = False

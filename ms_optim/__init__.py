@@ -1,0 +1,13 @@
+"""ms_optim: maintained, cross-backend LARS and THOR optimizers for MindSpore.
+
+Public API (English and Chinese documentation for every name in ``__all__``):
+
+- :class:`LARS`, :func:`lars_filter_for` -- layer-wise adaptive rate scaling around any optimizer.
+- THOR (second-order, Kronecker-factored natural gradient): see ``ms_optim.thor``.
+"""
+__version__ = "0.1.0"
+
+# --- LARS ---
+from .lars import LARS, lars_filter_for
+
+__all__ = ["LARS", "lars_filter_for"]

@@ -1,0 +1,115 @@
+"""The one place that decides which backend an optimizer uses.
+
+``resolve_backend`` turns the user's ``backend=`` choice (``"auto"``, ``"ascend"`` or
+``"portable"``) into a concrete backend once, at construction, and the optimizer stores it.
+Nothing else in the package reads ``device_target`` or probes for primitives.
+
+* ``"ascend"``: Ascend device in GRAPH mode, and the fused primitives exist in the installed
+  MindSpore. The fused kernels (``LARSUpdate``, THOR's ``Cus*`` ops) are used where they
+  exist; the mathematics is still the one of :mod:`ms_optim.ops`.
+* ``"portable"``: built from public ``mindspore.ops`` only; runs on CPU, GPU and Ascend, in GRAPH
+  and PYNATIVE mode.
+
+``"auto"`` picks ``"ascend"`` when every condition holds and ``"portable"`` otherwise.
+"""
+import functools
+import importlib
+import logging
+
+import mindspore as ms
+
+__all__ = ["AUTO", "ASCEND", "PORTABLE", "BACKENDS", "resolve_backend", "has_primitive",
+           "get_primitive"]
+
+AUTO = "auto"
+ASCEND = "ascend"
+PORTABLE = "portable"
+BACKENDS = (AUTO, ASCEND, PORTABLE)
+
+_LOG = logging.getLogger("ms_optim")
+
+# Where the fused primitives live. LARSUpdate is public (deprecated since 2.10); the THOR
+# kernels are only importable from the private operations modules.
+_PRIMITIVE_MODULES = (
+    "mindspore.ops.operations",
+    "mindspore.ops.operations.nn_ops",
+    "mindspore.ops.operations._thor_ops",
+    "mindspore.ops.operations._inner_ops",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _find_primitive(name):
+    for mod_name in _PRIMITIVE_MODULES:
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        prim = getattr(mod, name, None)
+        if prim is not None:
+            return prim
+    return None
+
+
+def has_primitive(name):
+    """Return whether the installed MindSpore defines primitive class ``name`` (cached)."""
+    return _find_primitive(name) is not None
+
+
+def get_primitive(name):
+    """Return primitive class ``name``; ``LookupError`` if this MindSpore does not have it."""
+    prim = _find_primitive(name)
+    if prim is None:
+        raise LookupError(f"The installed MindSpore {ms.__version__} has no primitive '{name}'.")
+    return prim
+
+
+def resolve_backend(backend, required_primitives, cls_name, device_target=None, mode=None):
+    """Resolve ``backend`` to ``"ascend"`` or ``"portable"``.
+
+    Args:
+        backend (str): ``"auto"``, ``"ascend"`` or ``"portable"``.
+        required_primitives (tuple[str]): primitives the fused path needs.
+        cls_name (str): name used in error messages.
+        device_target (str): defaults to ``mindspore.get_context("device_target")``.
+        mode (int): defaults to ``mindspore.get_context("mode")``.
+
+    Returns:
+        str, ``"ascend"`` or ``"portable"``.
+
+    Raises:
+        TypeError: If `backend` is not a str.
+        ValueError: If `backend` is not one of the three names, or ``"ascend"`` is requested
+            where the fused path cannot run (not an Ascend device, not GRAPH mode, or a
+            primitive missing).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"For '{cls_name}', the argument 'backend' must be str, "
+                        f"but got {type(backend).__name__}.")
+    if backend not in BACKENDS:
+        raise ValueError(f"For '{cls_name}', the argument 'backend' must be one of {BACKENDS}, "
+                         f"but got '{backend}'.")
+    if backend == PORTABLE:
+        return PORTABLE
+    if device_target is None:
+        device_target = ms.get_context("device_target")
+    if mode is None:
+        mode = ms.get_context("mode")
+    missing = [p for p in required_primitives if not has_primitive(p)]
+    reasons = []
+    if device_target != "Ascend":
+        reasons.append(f"device_target is '{device_target}', not 'Ascend'")
+    if mode != ms.GRAPH_MODE:
+        reasons.append("the execution mode is not GRAPH_MODE")
+    if missing:
+        reasons.append(f"MindSpore {ms.__version__} lacks {', '.join(missing)}")
+    if not reasons:
+        return ASCEND
+    if backend == ASCEND:
+        raise ValueError(f"For '{cls_name}', backend='ascend' cannot be used: "
+                         + "; ".join(reasons) + ". Use backend='auto' or 'portable'.")
+    if device_target == "Ascend" and mode == ms.GRAPH_MODE:
+        # Only worth a message where the user could have expected the fused kernels.
+        _LOG.warning("%s: fused Ascend kernels unavailable (%s); using the portable ops.",
+                     cls_name, "; ".join(reasons))
+    return PORTABLE

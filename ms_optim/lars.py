@@ -1,0 +1,401 @@
+"""LARS: layer-wise adaptive rate scaling as a wrapper around any ``nn.Optimizer``.
+
+Written from the formulas of You, Gitman & Ginsburg (2017), "Large Batch Training of
+Convolutional Networks" (arXiv:1708.03888), keeping the signature, defaults and documented
+exceptions of the deprecated ``mindspore.nn.LARS``.
+"""
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+from mindspore.ops import composite as C
+
+from . import _backend
+from ._validation import (check_bool, check_callable, check_float, check_non_negative)
+from .ops.trust_ratio import lars_gradient
+
+__all__ = ["LARS", "lars_filter_for"]
+
+_NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm,
+               nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+
+
+def _upstream_default_filter(x):
+    return 'LayerNorm' not in x.name and 'bias' not in x.name
+
+
+# --------------------------------------------------------------------------------------------
+# Per-parameter kernels. Both realise ops.trust_ratio.lars_gradient; the backend only decides
+# which one runs. A future fused LARS+Momentum kernel is a third entry here.
+# --------------------------------------------------------------------------------------------
+_portable_lars = C.MultitypeFuncGraph("ms_optim_portable_lars")
+
+
+@_portable_lars.register("Number", "Number", "Bool", "Tensor", "Tensor", "Tensor", "Tensor",
+                         "Bool")
+def _portable_lars_tensor(epsilon, coefficient, use_clip, lr, weight_decay, weight, gradient,
+                          adapt):
+    return lars_gradient(weight, gradient, weight_decay, coefficient, epsilon, use_clip, lr,
+                         adapt)
+
+
+_fused_lars = C.MultitypeFuncGraph("ms_optim_fused_lars")
+
+
+@_fused_lars.register("Function", "Function", "Number", "Bool", "Tensor", "Tensor", "Tensor",
+                      "Tensor", "Bool")
+def _fused_lars_tensor(lars_update, square_sum_all, epsilon, use_clip, lr, weight_decay, weight,
+                       gradient, adapt):
+    """Ascend: SquareSumAll + LARSUpdate, with the zero-norm guard of ``lars_trust_ratio``."""
+    decayed = gradient + ops.cast(weight_decay, ops.dtype(gradient)) * weight
+    if not adapt:
+        return decayed
+    w_sq, g_sq = square_sum_all(weight, gradient)
+    wd = ops.reshape(ops.cast(weight_decay, ms.float32), (1,))
+    lr32 = ops.reshape(ops.cast(lr, ms.float32), (1,))
+    fused = lars_update(weight, gradient, w_sq, g_sq, wd, lr32)
+    # The kernel has no guard: where the trust ratio is undefined it is 1 (see lars_trust_ratio).
+    # denom > 0 <=> not (||g|| = 0 and lambda*||w|| + eps = 0); ||w|| > 0 <=> w_sq > 0.
+    safe = ops.logical_and(w_sq > 0, ops.sqrt(g_sq) + wd * ops.sqrt(w_sq) + epsilon > 0)
+    if use_clip:
+        safe = ops.logical_and(safe, lr32 > 0)
+    return ops.select(ops.broadcast_to(safe, ops.shape(gradient)), fused, decayed)
+
+
+_scale_grad = C.MultitypeFuncGraph("ms_optim_scale_grad")
+
+
+@_scale_grad.register("Tensor", "Tensor")
+def _scale_grad_tensor(scale, grad):
+    return grad * ops.cast(scale, ops.dtype(grad))
+
+
+# --------------------------------------------------------------------------------------------
+# Role-based filter
+# --------------------------------------------------------------------------------------------
+class _LarsFilter:
+    """Predicate returned by :func:`lars_filter_for` (see there)."""
+
+    def __init__(self, rows):
+        self._rows = rows  # (name, owner cell type, role, adapted)
+        self._excluded_ids = {pid for pid, row in rows.items() if not row[3]}
+        self._excluded_names = {row[0] for row in rows.values() if not row[3]}
+
+    def __call__(self, param):
+        return id(param) not in self._excluded_ids and param.name not in self._excluded_names
+
+    def table(self):
+        """Return a text table: parameter, owning cell, role, LARS-adapted."""
+        lines = [("parameter", "cell", "role", "LARS")]
+        lines += [(n, c, r, "yes" if a else "no") for n, c, r, a in self._rows.values()]
+        return _format_rows(lines)
+
+
+def _format_rows(lines):
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(lines[0]))]
+    out = []
+    for k, row in enumerate(lines):
+        out.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def lars_filter_for(net, verbose=False):
+    r"""
+    Build a `lars_filter` that excludes parameters by the role of the cell owning them.
+
+    Every trainable parameter of `net` is LARS-adapted except the scale and shift of
+    normalisation layers (``BatchNorm1d/2d/3d``, ``LayerNorm``, ``GroupNorm``,
+    ``InstanceNorm1d/2d/3d``) and every bias (a parameter held by its cell under the attribute
+    name ``bias``). Unlike the upstream default, which tests for the substrings ``'LayerNorm'``
+    and ``'bias'`` in parameter names and therefore adapts BatchNorm ``gamma``/``beta``, the
+    decision does not depend on how parameters are named.
+
+    Note:
+        Call it on the network whose parameters the optimizer holds, after the network is
+        fully built. The predicate recognises parameters by identity and by name.
+
+    Args:
+        net (Cell): the network.
+        verbose (bool): print the table of every trainable parameter (name, owning cell,
+            role, LARS-adapted). Default: ``False`` .
+
+    Returns:
+        Callable[[Parameter], bool], ``True`` for parameters that LARS adapts. Its method
+        ``table()`` returns the table as a string.
+
+    Raises:
+        TypeError: If `net` is not a Cell.
+        TypeError: If `verbose` is not a bool.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> from mindspore import nn
+        >>> import ms_optim
+        >>> net = nn.SequentialCell([nn.Dense(4, 8), nn.BatchNorm1d(8), nn.Dense(8, 2)])
+        >>> keep = ms_optim.lars_filter_for(net)
+        >>> print([p.name for p in net.trainable_params() if keep(p)])
+        ['0.weight', '2.weight']
+    """
+    if not isinstance(net, nn.Cell):
+        raise TypeError(f"For 'lars_filter_for', the argument 'net' must be Cell, "
+                        f"but got {type(net).__name__}.")
+    check_bool("lars_filter_for", "verbose", verbose)
+    trainable = {id(p) for p in net.trainable_params()}
+    rows = {}
+    for _, cell in net.cells_and_names():
+        for attr, param in cell._params.items():  # pylint: disable=protected-access
+            if param is None or id(param) not in trainable or id(param) in rows:
+                continue
+            if isinstance(cell, _NORM_CELLS):
+                role, adapt = "norm scale/shift", False
+            elif attr == "bias":
+                role, adapt = "bias", False
+            else:
+                role, adapt = attr, True
+            rows[id(param)] = (param.name, type(cell).__name__, role, adapt)
+    flt = _LarsFilter(rows)
+    if verbose:
+        print(flt.table())
+    return flt
+
+
+# --------------------------------------------------------------------------------------------
+# The optimizer
+# --------------------------------------------------------------------------------------------
+class LARS(nn.Optimizer):
+    r"""
+    Layer-wise Adaptive Rate Scaling: rescales each layer's gradient by a trust ratio, then
+    hands it to the wrapped optimizer.
+
+    Reference: `You, Gitman, Ginsburg. Large Batch Training of Convolutional Networks (2017)
+    <https://arxiv.org/abs/1708.03888>`_.
+
+    For every parameter :math:`w` of the wrapped optimizer, with gradient :math:`g` (loss scale
+    removed) and the wrapped optimizer's weight decay :math:`\lambda` for it:
+
+    .. math::
+
+        \begin{array}{ll}
+            \tau = \dfrac{\eta\,\|w\|_2}{\|g\|_2 + \lambda\|w\|_2 + \epsilon}
+                & \text{(no clip)}, \qquad
+            \tau = \min\!\Big(\max\!\big(\tfrac{\eta\,\|w\|_2}
+                {(\|g\|_2 + \lambda\|w\|_2 + \epsilon)\,\gamma_t},\,0\big),\,1\Big)
+                \ \text{(use\_clip)},\\[2ex]
+            \tau = 1 \quad \text{where } \|w\|_2 = 0,\ \|g\|_2 + \lambda\|w\|_2 + \epsilon = 0
+                \text{ or (use\_clip) } \gamma_t = 0,\\[1ex]
+            g' = \tau\,(g + \lambda w) \ \text{ if lars\_filter}(w), \qquad
+            g' = g + \lambda w \ \text{ otherwise},\\[1ex]
+            \text{the wrapped optimizer then applies its own update rule to } g'.
+        \end{array}
+
+    :math:`\eta` is `coefficient`, :math:`\epsilon` is `epsilon`, :math:`\gamma_t` the wrapped
+    optimizer's learning rate for :math:`w` at the current step (static, dynamic or per group),
+    :math:`\lambda` its weight decay for :math:`w` (0 where its decay filter excludes
+    :math:`w`; per group; the current value of a dynamic weight decay). For example
+    ``LARS(Momentum(params, lr, mu))`` computes :math:`v \leftarrow \mu v + g'`,
+    :math:`w \leftarrow w - \gamma_t v`.
+
+    Note:
+        - The wrapped optimizer's own weight decay and loss-scale division are switched off
+          (LARS applies both, once); `optimizer` must not be used on its own afterwards.
+        - Differences from the deprecated ``mindspore.nn.LARS``, on purpose: (1) the zero-norm
+          guard :math:`\tau = 1` (upstream returns 0 or NaN, so zero-initialised layers never
+          learned); (2) parameters excluded by `lars_filter` keep their weight decay (upstream
+          silently dropped it); (3) ``global_step`` advances exactly once per step (upstream
+          advanced it twice with a dynamic weight decay). Elsewhere the result equals the fused
+          ``LARSUpdate`` kernel.
+        - The default `lars_filter` is the upstream one, which adapts BatchNorm ``gamma`` and
+          ``beta``; :func:`ms_optim.lars_filter_for` excludes norm layers and biases by role.
+        - Backend: on Ascend in GRAPH mode the fused ``SquareSumAll`` + ``LARSUpdate`` kernels are
+          used when this MindSpore still has them; everywhere else the portable implementation
+          built from ``mindspore.ops``. Both compute the formula above.
+        - Non-finite gradients: train with a ``DynamicLossScaleManager`` (or
+          ``FixedLossScaleManager(drop_overflow_update=True)``); such steps are skipped and
+          leave weights and state untouched.
+
+    Args:
+        optimizer (Optimizer): the optimizer to wrap (``nn.Momentum``, ``nn.SGD``, ``nn.Adam``,
+            ``nn.AdamWeightDecay``, ... with or without parameter groups).
+        epsilon (float): :math:`\epsilon`, added to the denominator. Default: ``1e-05`` .
+        coefficient (float): trust coefficient :math:`\eta`. Default: ``0.001`` .
+        use_clip (bool): clip the ratio as :math:`\min(\max(\tau/\gamma_t, 0), 1)`.
+            Default: ``False`` .
+        lars_filter (Callable[[Parameter], bool]): which parameters are LARS-adapted.
+            Default: ``lambda x: 'LayerNorm' not in x.name and 'bias' not in x.name`` .
+        backend (str): keyword-only; ``"auto"``, ``"ascend"`` or ``"portable"``.
+            Default: ``"auto"`` .
+
+    Inputs:
+        - **gradients** (tuple[Tensor]) - The gradients of the wrapped optimizer's parameters,
+          in the same order and shapes.
+
+    Outputs:
+        Union[bool, tuple], the wrapped optimizer's output.
+
+    Raises:
+        TypeError: If `optimizer` is not an ``nn.Optimizer`` (or is a LARS).
+        TypeError: If `epsilon` or `coefficient` is not a float.
+        TypeError: If `use_clip` is not a bool.
+        TypeError: If `lars_filter` is not callable.
+        ValueError: If `epsilon` or `coefficient` is negative (or not finite).
+        ValueError: If `use_clip` is True and the wrapped optimizer has both group learning
+            rates and a dynamic learning rate.
+        ValueError: If `backend` is not one of the three names, or ``"ascend"`` cannot be used.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> import ms_optim
+        >>> net = nn.Dense(3, 2)
+        >>> opt = nn.Momentum(net.trainable_params(), learning_rate=0.1, momentum=0.9)
+        >>> lars = ms_optim.LARS(opt, epsilon=1e-08, coefficient=0.02,
+        ...                      lars_filter=ms_optim.lars_filter_for(net))
+        >>> train = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), lars)
+        >>> x, y = ms.Tensor(np.ones((4, 3), np.float32)), ms.Tensor(np.zeros((4, 2), np.float32))
+        >>> losses = [float(train(x, y)) for _ in range(3)]
+        >>> print(losses[2] < losses[0], int(lars.global_step.asnumpy()[0]))
+        True 3
+    """
+
+    def __init__(self, optimizer, epsilon=1e-05, coefficient=0.001, use_clip=False,
+                 lars_filter=_upstream_default_filter, *, backend="auto"):
+        # ---- validate everything before touching anything ----
+        if not isinstance(optimizer, nn.Optimizer):
+            raise TypeError(f"For 'LARS', the argument 'optimizer' must be a mindspore.nn.Optimizer, "
+                            f"but got {type(optimizer).__name__}.")
+        if isinstance(optimizer, LARS):
+            raise TypeError("For 'LARS', the argument 'optimizer' must not itself be a LARS.")
+        check_float("LARS", "epsilon", epsilon)
+        check_float("LARS", "coefficient", coefficient)
+        check_bool("LARS", "use_clip", use_clip)
+        check_callable("LARS", "lars_filter", lars_filter)
+        check_non_negative("LARS", "epsilon", epsilon)
+        check_non_negative("LARS", "coefficient", coefficient)
+        if use_clip and optimizer.is_group_lr and optimizer.dynamic_lr:
+            raise ValueError("For 'LARS', if the argument 'use_clip' is True, the wrapped optimizer "
+                             "cannot have both group learning rates and a dynamic learning rate.")
+        params = tuple(optimizer.parameters)
+        lars_flags = tuple(bool(lars_filter(p)) for p in params)
+        self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS")
+
+        # ---- build ----
+        super().__init__(0.0, list(params))
+        self.opt = optimizer
+        self.epsilon = epsilon
+        self.coefficient = coefficient
+        self.use_clip = use_clip
+        self.lars_flag = lars_flags
+        # One step counter, one learning rate: both are the wrapped optimizer's objects.
+        self.global_step = optimizer.global_step
+        self.learning_rate = optimizer.learning_rate
+        self.dynamic_lr = optimizer.dynamic_lr
+        self.is_group = optimizer.is_group
+        self.is_group_lr = optimizer.is_group_lr
+        # Weight decay as the user configured it (stored multiplied by the loss scale upstream).
+        self.weight_decay = optimizer.weight_decay
+        self.dynamic_weight_decay = optimizer.dynamic_weight_decay
+        self.dynamic_decay_flags = optimizer.dynamic_decay_flags
+        self.decay_flags = tuple(bool(f) for f in optimizer.decay_flags)
+        self.exec_weight_decay = optimizer.exec_weight_decay
+        self.loss_scale = optimizer.loss_scale
+        self.reciprocal_scale = Tensor(1.0 / optimizer.loss_scale, ms.float32)
+        self.need_scale = optimizer.loss_scale != 1.0
+        if self.backend == _backend.ASCEND:
+            self._lars_update = _backend.get_primitive("LARSUpdate")(epsilon, coefficient, use_clip)
+            self._square_sum_all = _backend.get_primitive("SquareSumAll")()
+
+        # The wrapped optimizer keeps only its update rule.
+        optimizer.exec_weight_decay = False
+        optimizer.decay_flags = tuple(False for _ in optimizer.decay_flags)
+        optimizer.dynamic_weight_decay = False
+        if optimizer.is_group:
+            optimizer.dynamic_decay_flags = tuple(False for _ in optimizer.dynamic_decay_flags)
+        else:
+            optimizer.dynamic_decay_flags = False
+        optimizer.need_scale = False
+        optimizer.reciprocal_scale = Tensor(1.0, ms.float32)
+
+    def _current_lr(self):
+        """The wrapped optimizer's learning rate(s) at this step (per parameter if grouped)."""
+        if self.use_clip:
+            return self.get_lr()
+        return ops.zeros((), ms.float32)  # unused without clipping
+
+    def _current_weight_decay(self):
+        """Raw weight decay per parameter: 0 where not decayed, loss scale divided out."""
+        if not self.exec_weight_decay:
+            return tuple(ops.zeros((), ms.float32) for _ in self.decay_flags)
+        wd = self.get_weight_decay()
+        if self.is_group:
+            return tuple(ops.cast(w, ms.float32) / self.loss_scale if f else ops.zeros((), ms.float32)
+                         for w, f in zip(wd, self.decay_flags))
+        return tuple(ops.cast(wd, ms.float32) / self.loss_scale if f else ops.zeros((), ms.float32)
+                     for f in self.decay_flags)
+
+    def _transform(self, lr, weight_decay, gradients):
+        params, flags = self._parameters, self.lars_flag
+        per_param_lr = self.use_clip and self.is_group_lr
+        if self.backend == _backend.ASCEND:
+            if per_param_lr:
+                return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
+                                                  self.epsilon, self.use_clip),
+                                      lr, weight_decay, params, gradients, flags)
+            return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
+                                              self.epsilon, self.use_clip, lr),
+                                  weight_decay, params, gradients, flags)
+        if per_param_lr:
+            return self.hyper_map(ops.partial(_portable_lars, self.epsilon, self.coefficient,
+                                              self.use_clip),
+                                  lr, weight_decay, params, gradients, flags)
+        return self.hyper_map(ops.partial(_portable_lars, self.epsilon, self.coefficient,
+                                          self.use_clip, lr),
+                              weight_decay, params, gradients, flags)
+
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        if self.need_scale:
+            gradients = self.hyper_map(ops.partial(_scale_grad, self.reciprocal_scale), gradients)
+        lr = self._current_lr()
+        weight_decay = self._current_weight_decay()
+        gradients = self._transform(lr, weight_decay, gradients)
+        return self.opt(gradients)
+
+    def parameter_table(self):
+        """
+        Describe what LARS does to each parameter.
+
+        Returns:
+            str, a table with one row per parameter: name, shape, LARS-adapted, weight decay
+            (the static value, or ``dynamic``).
+
+        Examples:
+            >>> from mindspore import nn
+            >>> import ms_optim
+            >>> net = nn.Dense(3, 2)
+            >>> lars = ms_optim.LARS(nn.Momentum(net.trainable_params(), 0.1, 0.9,
+            ...                                  weight_decay=1e-4))
+            >>> print(lars.parameter_table())
+            parameter  shape   LARS  weight decay
+            ---------  ------  ----  ------------
+            weight     (2, 3)  yes   0.0001
+            bias       (2,)    no    0.0001
+        """
+        lines = [("parameter", "shape", "LARS", "weight decay")]
+        for i, p in enumerate(self._parameters):
+            lines.append((p.name, str(tuple(p.shape)), "yes" if self.lars_flag[i] else "no",
+                          self._wd_text(i)))
+        return _format_rows(lines)
+
+    def _wd_text(self, i):
+        if not self.exec_weight_decay or not self.decay_flags[i]:
+            return "0"
+        wd = self.weight_decay[i] if self.is_group else self.weight_decay
+        if isinstance(wd, nn.Cell):
+            return "dynamic"
+        return f"{float(wd.asnumpy()) / self.loss_scale:g}"
