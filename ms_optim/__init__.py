@@ -10,4 +10,12 @@ __version__ = "0.1.0"
 # --- LARS ---
 from .lars import LARS, lars_filter_for
 
+# --- THOR ---
+from .thor import (Conv2dThor, ConvertModelUtils, ConvertNetUtils, DenseThor, EmbeddingLookupThor,
+                   EmbeddingThor, ThorTrainOneStepCell, register_thor_layer, thor,
+                   thor_damping_schedule, thor_lr_schedule)
+
 __all__ = ["LARS", "lars_filter_for"]
+__all__ += ["thor", "DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor",
+            "ConvertNetUtils", "ConvertModelUtils", "ThorTrainOneStepCell", "register_thor_layer",
+            "thor_lr_schedule", "thor_damping_schedule"]

@@ -293,6 +293,7 @@ class LARS(nn.Optimizer):
         self.lars_flag = lars_flags
         # One step counter, one learning rate: both are the wrapped optimizer's objects.
         self.global_step = optimizer.global_step
+        delattr(self, "learning_rate")  # the base class's placeholder; may become a Cell below
         self.learning_rate = optimizer.learning_rate
         self.dynamic_lr = optimizer.dynamic_lr
         self.is_group = optimizer.is_group

@@ -1,0 +1,132 @@
+"""The backend switch (ms_optim._backend) and LARS's fused Ascend path, emulated on CPU.
+
+The Ascend kernels cannot run here. The selection logic is tested with explicit device/mode
+arguments, and the fused composition (SquareSumAll + LARSUpdate + zero-norm guard) is run with a
+stand-in for LARSUpdate that implements the TBE kernel's documented contract literally
+(reference-semantics §1.1: eps outside the norms, clamp(min then max) with use_clip, no guard).
+"""
+import logging
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+import ms_optim
+from ms_optim import _backend
+
+
+def test_resolve_portable_on_cpu():
+    assert _backend.resolve_backend("auto", ("LARSUpdate",), "T") == "portable"
+    assert _backend.resolve_backend("portable", ("LARSUpdate",), "T") == "portable"
+
+
+def test_resolve_ascend_graph_with_primitives():
+    assert _backend.has_primitive("LARSUpdate")  # deprecated in 2.10 but still defined
+    got = _backend.resolve_backend("auto", ("LARSUpdate", "SquareSumAll"), "T",
+                                   device_target="Ascend", mode=ms.GRAPH_MODE)
+    assert got == "ascend"
+    got = _backend.resolve_backend("ascend", ("LARSUpdate",), "T", device_target="Ascend",
+                                   mode=ms.GRAPH_MODE)
+    assert got == "ascend"
+
+
+def test_resolve_falls_back_when_primitive_missing(caplog):
+    with caplog.at_level(logging.WARNING, logger="ms_optim"):
+        got = _backend.resolve_backend("auto", ("NoSuchFusedKernel",), "T",
+                                       device_target="Ascend", mode=ms.GRAPH_MODE)
+    assert got == "portable"
+    assert "NoSuchFusedKernel" in caplog.text
+    with pytest.raises(ValueError, match="lacks NoSuchFusedKernel"):
+        _backend.resolve_backend("ascend", ("NoSuchFusedKernel",), "T", device_target="Ascend",
+                                 mode=ms.GRAPH_MODE)
+
+
+@pytest.mark.parametrize("target, mode", [("Ascend", ms.PYNATIVE_MODE), ("GPU", ms.GRAPH_MODE),
+                                          ("CPU", ms.GRAPH_MODE)])
+def test_resolve_portable_elsewhere(target, mode):
+    assert _backend.resolve_backend("auto", ("LARSUpdate",), "T", device_target=target,
+                                    mode=mode) == "portable"
+    with pytest.raises(ValueError, match="backend='ascend' cannot be used"):
+        _backend.resolve_backend("ascend", ("LARSUpdate",), "T", device_target=target, mode=mode)
+
+
+def test_resolve_rejects_bad_names():
+    with pytest.raises(TypeError, match="'backend' must be str"):
+        _backend.resolve_backend(1, (), "T")
+    with pytest.raises(ValueError, match="'backend' must be one of"):
+        _backend.resolve_backend("cuda", (), "T")
+
+
+def test_get_primitive_missing():
+    with pytest.raises(LookupError, match="NoSuchFusedKernel"):
+        _backend.get_primitive("NoSuchFusedKernel")
+
+
+class EmulatedLARSUpdate(nn.Cell):
+    """The Ascend LARSUpdate contract: inputs (w, g, sum w^2, sum g^2, wd, lr), attributes
+    (epsilon, hyperpara, use_clip); trust = hyperpara*||w||/(||g|| + wd*||w|| + eps), optionally
+    clamp(trust/lr, 0, 1) (min then max); returns trust*(g + wd*w). No zero-norm guard."""
+
+    def __init__(self, epsilon=1e-05, hyperpara=0.001, use_clip=False):
+        super().__init__()
+        self.epsilon, self.hyperpara, self.use_clip = epsilon, hyperpara, use_clip
+
+    def construct(self, w, g, w_sq, g_sq, wd, lr):
+        w_norm, g_norm = ops.sqrt(w_sq), ops.sqrt(g_sq)
+        trust = self.hyperpara * w_norm / (g_norm + wd * w_norm + self.epsilon)
+        if self.use_clip:
+            trust = ops.maximum(ops.minimum(trust / lr, 1.0), 0.0)
+        return trust * (g + wd * w)
+
+
+@pytest.fixture
+def fake_ascend(monkeypatch):
+    """Make LARS resolve to the fused path with the emulated kernel (SquareSumAll is real)."""
+    import ms_optim.lars as lars_mod
+    real_get = _backend.get_primitive
+    monkeypatch.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.ASCEND)
+    monkeypatch.setattr(lars_mod._backend, "get_primitive",
+                        lambda name: EmulatedLARSUpdate if name == "LARSUpdate" else real_get(name))
+
+
+class Bag(nn.Cell):
+    def __init__(self, arrays):
+        super().__init__()
+        for i, (name, arr) in enumerate(arrays.items()):
+            setattr(self, f"p{i}", Parameter(Tensor(arr.astype(np.float32)), name=name))
+
+
+@pytest.mark.parametrize("use_clip, epsilon, wd", [(False, 1e-5, 0.0), (True, 0.0, 0.01),
+                                                   (False, 0.0, 0.05), (True, 1e-5, 0.0)])
+def test_fused_path_equals_portable(fake_ascend, use_clip, epsilon, wd):
+    """Same inputs, same steps: fused composition == portable path (params and moments).
+
+    GRAPH mode only: resolve_backend selects the fused path only there."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(11)
+    arrays = {"a.weight": rng.standard_normal((4, 3)), "a.bias": rng.standard_normal((4,)),
+              "z.weight": np.zeros((3, 3)), "c.weight": rng.standard_normal((2, 2, 3, 3))}
+    bags = [Bag(arrays), Bag(arrays)]
+    lr = Tensor(np.array([0.1, 0.0, 0.05, 0.05], np.float32))  # includes lr = 0 (clip edge)
+    opts = [nn.Momentum(b.trainable_params(), lr, 0.9, weight_decay=wd) for b in bags]
+    fused = ms_optim.LARS(opts[0], epsilon=epsilon, coefficient=0.02, use_clip=use_clip)
+    assert fused.backend == "ascend"
+    import ms_optim.lars as lars_mod
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.PORTABLE)
+        portable = ms_optim.LARS(opts[1], epsilon=epsilon, coefficient=0.02, use_clip=use_clip)
+    assert portable.backend == "portable"
+    for t in range(4):
+        grads = [rng.standard_normal(a.shape).astype(np.float32) for a in arrays.values()]
+        if t == 1:
+            grads[0][:] = 0.0  # zero gradient norm (0/0 in the raw kernel when eps = 0)
+        fused(tuple(Tensor(g) for g in grads))
+        portable(tuple(Tensor(g) for g in grads))
+        for p1, p2 in zip(bags[0].trainable_params(), bags[1].trainable_params()):
+            a, b = p1.asnumpy(), p2.asnumpy()
+            assert np.all(np.isfinite(a)), f"fused path produced non-finite {p1.name}"
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"{p1.name} step {t}")
+        for m1, m2 in zip(opts[0].moments, opts[1].moments):
+            np.testing.assert_allclose(m1.asnumpy(), m2.asnumpy(), rtol=1e-6, atol=1e-7)
