@@ -213,7 +213,10 @@ class LARS(nn.Optimizer):
           built from ``mindspore.ops``. Both compute the formula above.
         - Non-finite gradients: train with a ``DynamicLossScaleManager`` (or
           ``FixedLossScaleManager(drop_overflow_update=True)``); such steps are skipped and
-          leave weights and state untouched.
+          leave weights and state untouched. On the CPU backend MindSpore 2.10 has no overflow
+          kernels: ``Model`` accepts only ``FixedLossScaleManager(drop_overflow_update=False)``,
+          and a ``nn.TrainOneStepWithLossScaleCell`` needs a portable ``get_overflow_status``
+          (any non-finite gradient element), as in the package's tests.
 
     Args:
         optimizer (Optimizer): the optimizer to wrap (``nn.Momentum``, ``nn.SGD``, ``nn.Adam``,

@@ -50,7 +50,8 @@ import os
 os.environ.setdefault("GLOG_v", "3")
 import numpy as np
 import mindspore as ms
-ms.set_context(device_target="CPU", mode=ms.GRAPH_MODE)
+ms.set_device("CPU")
+ms.set_context(mode=ms.GRAPH_MODE)
 np.random.seed(0)
 ms.set_seed(0)
 """

@@ -30,9 +30,14 @@ def callable_for_signature(obj):
 
 
 def _inspect_params(obj):
+    if inspect.isclass(obj) and obj.__init__ is object.__init__:
+        return []  # no constructor of its own: ClassName()
     sig = inspect.signature(callable_for_signature(obj))
     params = list(sig.parameters.values())
-    if inspect.isclass(obj) and params and params[0].name in ("self", "cls"):
+    # Classes: drop __init__'s self. Methods taken from a class (plain functions whose
+    # qualified name is "Class.method"): drop self/cls as well.
+    is_method = inspect.isfunction(obj) and "." in obj.__qualname__.replace(".<locals>.", "")
+    if (inspect.isclass(obj) or is_method) and params and params[0].name in ("self", "cls"):
         params = params[1:]
     return params
 
@@ -51,6 +56,31 @@ def _function_def(func):
     return None
 
 
+def _as_lambda(func):
+    """``lambda x: expr`` for a function whose body is a single ``return expr``, else None."""
+    node = _function_def(func)
+    if node is None:
+        return None
+    body = [n for n in node.body
+            if not (isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant))]  # docstring
+    if len(body) != 1 or not isinstance(body[0], ast.Return) or body[0].value is None:
+        return None
+    return ast.unparse(ast.Lambda(args=node.args, body=body[0].value))
+
+
+def _default_text(default_node, func):
+    """Source text of one default. A name bound to a one-expression function defined in the
+    same module (e.g. ``lars_filter=_upstream_default_filter``) is shown as the equivalent
+    lambda, which is what the docstrings write as the default."""
+    if isinstance(default_node, ast.Name):
+        target = getattr(inspect.getmodule(inspect.unwrap(func)), default_node.id, None)
+        if inspect.isfunction(target) and target.__name__ != "<lambda>":
+            as_lambda = _as_lambda(target)
+            if as_lambda is not None:
+                return as_lambda
+    return ast.unparse(default_node)
+
+
 def _source_defaults(func):
     """Map parameter name -> default expression text as written in the source."""
     node = _function_def(func)
@@ -60,10 +90,10 @@ def _source_defaults(func):
     out = {}
     positional = args.posonlyargs + args.args
     for arg, default in zip(positional[len(positional) - len(args.defaults):], args.defaults):
-        out[arg.arg] = ast.unparse(default)
+        out[arg.arg] = _default_text(default, func)
     for arg, default in zip(args.kwonlyargs, args.kw_defaults):
         if default is not None:
-            out[arg.arg] = ast.unparse(default)
+            out[arg.arg] = _default_text(default, func)
     return out
 
 
