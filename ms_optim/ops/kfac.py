@@ -1,0 +1,311 @@
+r"""THOR / K-FAC formulas, once, as pure functions on Tensors.
+
+Every formula THOR uses is written here, one function each, exactly as its docstring states it
+(Martens & Grosse 2015, https://arxiv.org/abs/1503.05671; Chen et al., AAAI 2021,
+https://ojs.aaai.org/index.php/AAAI/article/view/16867). The functions hold no state, read no
+device information and run in GRAPH and PYNATIVE mode. The backend-specific realisations of the
+symmetric-positive-definite block inverse live in :mod:`ms_optim.thor._kernels`; they are passed
+in as ``spd_block_inverse`` and must satisfy the contract of :func:`spd_block_inverse_cholesky`.
+
+Notation: :math:`N` samples in the minibatch, :math:`T` output locations per sample
+(1 for Dense, :math:`H_{out} W_{out}` for Conv2d), :math:`\lambda` the damping of the step.
+"""
+import mindspore as ms
+from mindspore import ops
+
+__all__ = [
+    "BLOCK_SIZE", "input_covariance", "output_grad_covariance", "factored_damping",
+    "diagonal_blocks", "spd_block_inverse_cholesky", "inverse_from_upper_inverse",
+    "damped_block_inverse", "kron_precondition", "layernorm_precondition",
+    "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
+    "momentum_step",
+]
+
+#: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
+BLOCK_SIZE = 128
+
+
+def input_covariance(patches):
+    r"""Input-side Kronecker factor of a Dense or Conv2d layer.
+
+    .. math::
+
+        A = \frac{1}{N T} P^\top P
+
+    Args:
+        patches (Tensor): :math:`P`, shape :math:`(N T, d_{in})`: the layer inputs (Dense) or the
+            im2col patches (Conv2d, :math:`d_{in} = C k_h k_w`), one row per sample and location.
+
+    Returns:
+        Tensor of shape :math:`(d_{in}, d_{in})`.
+    """
+    rows = patches.shape[0]
+    return ops.matmul(patches.T, patches) / rows
+
+
+def output_grad_covariance(dout, n, t, loss_scale=1.0):
+    r"""Output-side Kronecker factor: covariance of the per-sample output gradients.
+
+    .. math::
+
+        G = \frac{N}{T} D^\top D, \qquad D = \frac{1}{s}\,\frac{\partial (s L)}{\partial Y}
+
+    where :math:`L` is the *mean* loss over the :math:`N` samples, so :math:`N D_i` is the
+    gradient of sample :math:`i`'s own loss, and :math:`s` is the loss scale.
+
+    Args:
+        dout (Tensor): :math:`s\,\partial L/\partial Y`, shape :math:`(N T, d_{out})`.
+        n (int): :math:`N`, samples in the minibatch.
+        t (int): :math:`T`, output locations per sample.
+        loss_scale (Union[float, Tensor]): :math:`s`. Default: ``1.0``.
+
+    Returns:
+        Tensor of shape :math:`(d_{out}, d_{out})`.
+    """
+    d = dout / loss_scale
+    return ops.matmul(d.T, d) * (n / t)
+
+
+def factored_damping(damping, t):
+    r"""Damping added to each Kronecker factor (factored Tikhonov damping).
+
+    .. math::
+
+        \delta = \sqrt{\lambda / T}
+
+    Args:
+        damping (Tensor): :math:`\lambda \ge 0`, scalar.
+        t (Union[int, Tensor]): :math:`T`.
+
+    Returns:
+        Tensor, :math:`\delta`.
+    """
+    return ops.sqrt(damping / t)
+
+
+def diagonal_blocks(m, block=BLOCK_SIZE):
+    r"""Split a square matrix into its diagonal blocks, padding the last one with the identity.
+
+    .. math::
+
+        \tilde M = \begin{pmatrix} M & 0 \\ 0 & I_p \end{pmatrix},\qquad
+        B_b = \tilde M_{[bs:(b+1)s,\; bs:(b+1)s]},\quad b = 0,\dots,n_b-1
+
+    with :math:`s = \min(d, \text{block})`, :math:`n_b = \lceil d/s \rceil`, :math:`p = n_b s - d`.
+
+    Args:
+        m (Tensor): :math:`M`, shape :math:`(d, d)`.
+        block (int): maximal block size. Default: ``128``.
+
+    Returns:
+        Tensor of shape :math:`(n_b, s, s)`.
+    """
+    d = m.shape[0]
+    s = min(d, block)
+    nb = (d + s - 1) // s
+    pad = nb * s - d
+    if pad > 0:
+        m = ops.pad(m, (0, pad, 0, pad))
+        tail = ops.concat((ops.zeros(d, m.dtype), ops.ones(pad, m.dtype)))
+        m = m + ops.diag(tail)
+    if nb == 1:
+        return ops.reshape(m, (1, s, s))
+    m4 = ops.transpose(ops.reshape(m, (nb, s, nb, s)), (0, 2, 1, 3))
+    m4 = ops.reshape(m4, (nb * nb, s, s))
+    idx = ms.Tensor([b * nb + b for b in range(nb)], ms.int32)
+    return ops.gather(m4, idx, 0)
+
+
+def spd_block_inverse_cholesky(blocks):
+    r"""Inverse of a batch of symmetric positive definite blocks by Cholesky (portable contract).
+
+    .. math::
+
+        B_b = L_b L_b^\top,\qquad B_b^{-1} = L_b^{-\top} L_b^{-1}
+
+    Args:
+        blocks (Tensor): :math:`(n_b, s, s)`, each block symmetric positive definite.
+
+    Returns:
+        Tensor :math:`(n_b, s, s)`, the block inverses.
+    """
+    low = ops.cholesky(blocks, upper=False)
+    s = blocks.shape[-1]
+    eye = ops.broadcast_to(ops.eye(s, s, blocks.dtype), blocks.shape)
+    return ops.cholesky_solve(eye, low, upper=False)
+
+
+def inverse_from_upper_inverse(u_inv):
+    r"""Block inverse from the inverse upper Cholesky factor (Ascend ``CusCholeskyTrsm`` contract).
+
+    .. math::
+
+        B_b = U_b^\top U_b \;\Rightarrow\; B_b^{-1} = U_b^{-1} U_b^{-\top}
+
+    Args:
+        u_inv (Tensor): :math:`U_b^{-1}`, shape :math:`(n_b, s, s)`.
+
+    Returns:
+        Tensor :math:`(n_b, s, s)`.
+    """
+    return ops.BatchMatMul(transpose_b=True)(u_inv, u_inv)
+
+
+def damped_block_inverse(m, delta, block=BLOCK_SIZE, spd_block_inverse=spd_block_inverse_cholesky):
+    r"""Block-diagonal inverse of a damped Kronecker factor.
+
+    .. math::
+
+        \hat M = M + \delta I,\qquad
+        \hat M^{-1}_{bd} = \operatorname{blockdiag}\big(B_0^{-1},\dots,B_{n_b-1}^{-1}\big)
+
+    where :math:`B_b` are the diagonal blocks of :math:`\hat M` (:func:`diagonal_blocks`); exact
+    for :math:`d \le` ``block``.
+
+    Args:
+        m (Tensor): :math:`M`, shape :math:`(d, d)`, symmetric positive semi-definite.
+        delta (Tensor): :math:`\delta`, scalar.
+        block (int): block size. Default: ``128``.
+        spd_block_inverse (Callable): batch SPD inverse with the contract of
+            :func:`spd_block_inverse_cholesky`.
+
+    Returns:
+        Tensor :math:`(n_b, s, s)`.
+    """
+    d = m.shape[0]
+    m_hat = m + delta * ops.eye(d, d, m.dtype)
+    return spd_block_inverse(diagonal_blocks(m_hat, block))
+
+
+def kron_precondition(g_inv, grad, a_inv, t):
+    r"""Kronecker-factored natural-gradient direction of a Dense/Conv2d weight.
+
+    .. math::
+
+        \tilde\nabla W = \frac{1}{T}\,\hat G^{-1}_{bd}\,\nabla W\,\hat A^{-1}_{bd}
+
+    Args:
+        g_inv (Tensor): blocks of :math:`\hat G^{-1}_{bd}`, shape :math:`(n_G, s_G, s_G)`.
+        grad (Tensor): :math:`\nabla W`, shape :math:`(d_{out}, d_{in})`.
+        a_inv (Tensor): blocks of :math:`\hat A^{-1}_{bd}`, shape :math:`(n_A, s_A, s_A)`.
+        t (Union[int, Tensor]): :math:`T`.
+
+    Returns:
+        Tensor of shape :math:`(d_{out}, d_{in})`.
+    """
+    d_out, d_in = grad.shape
+    n_g, s_g = g_inv.shape[0], g_inv.shape[1]
+    n_a, s_a = a_inv.shape[0], a_inv.shape[1]
+    out_p, in_p = n_g * s_g, n_a * s_a
+    x = grad
+    if out_p != d_out or in_p != d_in:
+        x = ops.pad(x, (0, in_p - d_in, 0, out_p - d_out))
+    x = ops.BatchMatMul()(g_inv, ops.reshape(x, (n_g, s_g, in_p)))
+    x = ops.transpose(ops.reshape(x, (out_p, n_a, s_a)), (1, 0, 2))
+    x = ops.BatchMatMul()(x, a_inv)
+    x = ops.reshape(ops.transpose(x, (1, 0, 2)), (out_p, in_p))
+    if out_p != d_out or in_p != d_in:
+        x = x[:d_out, :d_in]
+    return x / t
+
+
+def layernorm_precondition(grad, n, damping):
+    r"""Diagonal empirical-Fisher rule for LayerNorm scale and shift.
+
+    .. math::
+
+        \tilde g = \frac{g}{g \odot g / N + \sqrt{\lambda}}
+
+    Args:
+        grad (Tensor): :math:`g`.
+        n (Union[int, Tensor]): :math:`N`.
+        damping (Tensor): :math:`\lambda`.
+
+    Returns:
+        Tensor like ``grad``.
+    """
+    return grad / (grad * grad / n + ops.sqrt(damping))
+
+
+def embedding_input_statistic(ids, vocab_size, n):
+    r"""Diagonal input factor of an embedding table: token frequencies.
+
+    .. math::
+
+        a_v = \frac{1}{N}\,\#\{\text{ids equal to } v\}
+
+    Args:
+        ids (Tensor): flattened token ids, shape :math:`(N T,)`.
+        vocab_size (int): number of rows of the table.
+        n (int): :math:`N`.
+
+    Returns:
+        Tensor of shape :math:`(\text{vocab\_size},)`, float32.
+    """
+    ones = ops.ones(ids.shape, ms.float32)
+    return ops.unsorted_segment_sum(ones, ops.cast(ids, ms.int32), vocab_size) / n
+
+
+def embedding_damped_inverse(a_diag, delta):
+    r"""Inverse of the damped diagonal input factor of an embedding table.
+
+    .. math::
+
+        \hat a^{-1}_v = \frac{1}{a_v + \delta},\qquad \delta = \sqrt{\lambda}
+
+    Args:
+        a_diag (Tensor): :math:`a`, shape :math:`(V,)`.
+        delta (Tensor): :math:`\delta`.
+
+    Returns:
+        Tensor of shape :math:`(V,)`.
+    """
+    return 1.0 / (a_diag + delta)
+
+
+def embedding_precondition(a_inv, grad, g_inv):
+    r"""Natural-gradient direction of an embedding table (one row per token).
+
+    .. math::
+
+        \tilde\nabla E = \operatorname{diag}(\hat a^{-1})\,\nabla E\,\hat G^{-1}
+
+    Args:
+        a_inv (Tensor): :math:`\hat a^{-1}`, shape :math:`(V,)` (:func:`embedding_damped_inverse`).
+        grad (Tensor): :math:`\nabla E`, shape :math:`(V, E)`.
+        g_inv (Tensor): :math:`\hat G^{-1}` (full, not block-diagonal), shape :math:`(E, E)`.
+
+    Returns:
+        Tensor of shape :math:`(V, E)`.
+    """
+    return ops.matmul(ops.expand_dims(a_inv, 1) * grad, g_inv)
+
+
+def momentum_step(weight, velocity, grad, lr, momentum, nesterov):
+    r"""Heavy-ball (or Nesterov) momentum step.
+
+    .. math::
+
+        v' = \mu v + g,\qquad
+        w' = \begin{cases} w - lr\,(g + \mu v') & \text{Nesterov} \\
+                            w - lr\, v' & \text{otherwise} \end{cases}
+
+    Note:
+        Written with portable ops because the CPU kernel of ``ops.ApplyMomentum`` ignores
+        ``use_nesterov`` (MindSpore 2.10).
+
+    Args:
+        weight (Tensor): :math:`w`.
+        velocity (Tensor): :math:`v`.
+        grad (Tensor): :math:`g`.
+        lr (Tensor): :math:`lr`.
+        momentum (Tensor): :math:`\mu`.
+        nesterov (bool): Nesterov variant.
+
+    Returns:
+        tuple(Tensor, Tensor), :math:`(w', v')`.
+    """
+    v_new = momentum * velocity + grad
+    if nesterov:
+        return weight - lr * (grad + momentum * v_new), v_new
+    return weight - lr * v_new, v_new

@@ -1,0 +1,312 @@
+"""Network and model conversion for THOR, driven by a public registry (no model names).
+
+``THOR_LAYER_MAP`` maps a MindSpore layer class to a converter ``f(cell) -> new_cell or str``
+(a string is the reason the cell is left unconverted, which is logged). Add your own with
+:func:`register_thor_layer`. Converters reuse the original Parameters (weights, biases) and the
+original activation cell, so outputs are identical before and after conversion.
+"""
+import logging
+
+from mindspore import nn
+
+from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor, THOR_LAYERS
+
+__all__ = ["ConvertNetUtils", "ConvertModelUtils", "THOR_LAYER_MAP", "register_thor_layer"]
+
+_LOG = logging.getLogger("ms_optim")
+
+
+def _convert_dense(cell):
+    new = DenseThor(cell.in_channels, cell.out_channels, has_bias=cell.has_bias, activation=None)
+    new.weight = cell.weight
+    if cell.has_bias:
+        new.bias = cell.bias
+    # keep the very same activation object (alpha of LeakyReLU, approximate of GELU, ...)
+    new.activation = cell.activation
+    new.activation_flag = cell.activation_flag
+    return new
+
+
+def _convert_conv2d(cell):
+    if cell.group != 1:
+        return (f"group={cell.group}: grouped/depthwise convolutions have no per-group THOR rule "
+                "here; left unconverted (plain gradient)")
+    if getattr(cell, "data_format", "NCHW") != "NCHW":
+        return f"data_format={cell.data_format}: only NCHW is supported; left unconverted"
+    if type(cell) is not nn.Conv2d:  # pylint: disable=unidiomatic-typecheck
+        return f"{type(cell).__name__} is a Conv2d subclass with its own construct; left unconverted"
+    new = Conv2dThor(cell.in_channels, cell.out_channels, cell.kernel_size, stride=cell.stride,
+                     pad_mode=cell.pad_mode, padding=cell.padding, dilation=cell.dilation,
+                     group=1, has_bias=cell.has_bias)
+    new.weight = cell.weight
+    if cell.has_bias:
+        new.bias = cell.bias
+    return new
+
+
+def _convert_embedding(cell):
+    if type(cell) is not nn.Embedding:  # pylint: disable=unidiomatic-typecheck
+        return f"{type(cell).__name__} is an Embedding subclass; left unconverted"
+    new = EmbeddingThor(cell.vocab_size, cell.embedding_size, use_one_hot=cell.use_one_hot,
+                        dtype=cell.dtype, padding_idx=cell.padding_idx)
+    new.embedding_table = cell.embedding_table
+    return new
+
+
+def _convert_embedding_lookup(cell):
+    if type(cell) is not nn.EmbeddingLookup:  # pylint: disable=unidiomatic-typecheck
+        return f"{type(cell).__name__} is an EmbeddingLookup subclass; left unconverted"
+    if cell.max_norm is not None:
+        return "max_norm is set: the clipped lookup has no THOR rule; left unconverted"
+    new = EmbeddingLookupThor(cell.vocab_size, cell.embedding_size, target=cell.target,
+                              sparse=cell.sparse)
+    new.embedding_table = cell.embedding_table
+    return new
+
+
+def _name_like(old, new, full):
+    """Keep the original Parameter names; name the new statistics after the weight's prefix."""
+    weight = getattr(old, "weight", getattr(old, "embedding_table", None))
+    wname = weight.name
+    attr = "weight" if hasattr(old, "weight") else "embedding_table"
+    prefix = wname[:-len(attr)] if wname.endswith(attr) else (full + ".")
+    original = {id(p): p.name for p in old.get_parameters()}
+    for rel, param in new.parameters_and_names():
+        param.name = original.get(id(param), prefix + rel)
+
+
+#: Layer class -> converter. Exact class match (subclasses are not converted implicitly).
+THOR_LAYER_MAP = {
+    nn.Dense: _convert_dense,
+    nn.Conv2d: _convert_conv2d,
+    nn.Embedding: _convert_embedding,
+    nn.EmbeddingLookup: _convert_embedding_lookup,
+}
+
+
+def register_thor_layer(layer_cls, converter):
+    """Register a converter for cells of type ``layer_cls`` (exact type match).
+
+    Args:
+        layer_cls (type): a :class:`mindspore.nn.Cell` subclass.
+        converter (Callable): ``converter(cell) -> Cell | str``: the THOR layer replacing `cell`
+            (reusing its Parameters), or the reason it stays unconverted (logged).
+
+    Raises:
+        TypeError: If `layer_cls` is not a Cell subclass or `converter` is not callable.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> from mindspore import nn
+        >>> from ms_optim import ConvertNetUtils, register_thor_layer
+        >>> class MyDense(nn.Dense):
+        ...     pass
+        >>> register_thor_layer(MyDense, lambda cell: "custom layer, kept first-order")
+        >>> net = nn.SequentialCell([MyDense(3, 2)])
+        >>> type(ConvertNetUtils().convert_to_thor_net(net)[0]).__name__
+        'MyDense'
+    """
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, nn.Cell)):
+        raise TypeError("For 'register_thor_layer', the argument 'layer_cls' must be a Cell "
+                        f"subclass, but got {layer_cls!r}.")
+    if not callable(converter):
+        raise TypeError("For 'register_thor_layer', the argument 'converter' must be callable, "
+                        f"but got {type(converter).__name__}.")
+    THOR_LAYER_MAP[layer_cls] = converter
+
+
+class ConvertNetUtils:
+    r"""Replace convertible layers of a network by their THOR counterparts, in place.
+
+    ``nn.Dense`` -> :class:`DenseThor`, ``nn.Conv2d`` -> :class:`Conv2dThor`, ``nn.Embedding``
+    -> :class:`EmbeddingThor`, ``nn.EmbeddingLookup`` -> :class:`EmbeddingLookupThor` (plus
+    :data:`THOR_LAYER_MAP` entries you register). Cells whose weight is frozen are skipped.
+    Layers that cannot be converted exactly (grouped convolutions, NHWC, ``max_norm`` lookups,
+    subclasses with their own ``construct``) stay as they are, with the reason logged.
+
+    Args:
+        thor_filter (Callable): optional ``thor_filter(name, cell) -> bool``; cells for which it
+            returns False are left alone. Default: ``None`` (all).
+
+    Raises:
+        TypeError: If `thor_filter` is neither None nor callable.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> from mindspore import nn
+        >>> from ms_optim import ConvertNetUtils, DenseThor
+        >>> net = nn.SequentialCell([nn.Dense(3, 4), nn.ReLU(), nn.Dense(4, 2)])
+        >>> _ = ConvertNetUtils().convert_to_thor_net(net)
+        >>> isinstance(net[0], DenseThor)
+        True
+    """
+
+    def __init__(self, thor_filter=None):
+        if thor_filter is not None and not callable(thor_filter):
+            raise TypeError("For 'ConvertNetUtils', the argument 'thor_filter' must be callable, "
+                            f"but got {type(thor_filter).__name__}.")
+        self.thor_filter = thor_filter
+
+    def _walk(self, cell, prefix, visit):
+        for name, sub in list(cell.name_cells().items()):
+            if sub is cell:
+                continue
+            full = f"{prefix}.{name}" if prefix else name
+            conv = THOR_LAYER_MAP.get(type(sub))
+            if isinstance(sub, THOR_LAYERS):
+                visit(cell, name, full, sub, None, already=True)
+            elif conv is not None:
+                visit(cell, name, full, sub, conv, already=False)
+            else:
+                self._walk(sub, full, visit)
+
+    def _eligible(self, full, sub):
+        weight = getattr(sub, "weight", getattr(sub, "embedding_table", None))
+        if weight is None or not weight.requires_grad:
+            return False
+        return self.thor_filter is None or bool(self.thor_filter(full, sub))
+
+    def plan(self, net):
+        """Names of the layers that are (or would become) THOR layers, in conversion order.
+
+        Args:
+            net (Cell): the network (not modified).
+
+        Returns:
+            list[str], cell paths.
+        """
+        names = []
+
+        def visit(parent, name, full, sub, conv, already):
+            if already or self._eligible(full, sub):
+                names.append(full)
+        self._walk(net, "", visit)
+        return names
+
+    def convert_to_thor_net(self, net):
+        """Convert ``net`` in place; returns ``net``.
+
+        Args:
+            net (Cell): the network.
+
+        Returns:
+            Cell, the same object, converted.
+        """
+        if not isinstance(net, nn.Cell):
+            raise TypeError("For 'convert_to_thor_net', the argument 'net' must be Cell, "
+                            f"but got {type(net).__name__}.")
+        changed = []
+
+        def visit(parent, name, full, sub, conv, already):
+            if already or not self._eligible(full, sub):
+                return
+            new = conv(sub)
+            if isinstance(new, str):
+                _LOG.info("THOR conversion: '%s' (%s) left unconverted: %s", full,
+                          type(sub).__name__, new)
+                return
+            _name_like(sub, new, full)
+            new.set_train(sub.training)
+            parent.insert_child_to_cell(name, new)
+            changed.append(parent)
+        self._walk(net, "", visit)
+        for parent in changed:
+            if isinstance(parent, nn.SequentialCell):
+                parent.cell_list = list(parent.cells())
+        return net
+
+
+class ConvertModelUtils:
+    """Turn a ``Model`` built with a THOR optimizer into one that refreshes every `frequency` steps.
+
+    See :meth:`convert_to_thor_model`.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> from ms_optim import ConvertModelUtils
+        >>> callable(ConvertModelUtils.convert_to_thor_model)
+        True
+    """
+
+    @staticmethod
+    def convert_to_thor_model(model, network, loss_fn=None, optimizer=None, metrics=None,
+                              amp_level="O0", loss_scale_manager=None,
+                              keep_batchnorm_fp32=False):
+        r"""Return a :class:`mindspore.train.Model` whose training step follows THOR's frequency.
+
+        With a THOR `optimizer` the returned model trains through
+        :class:`ms_optim.ThorTrainOneStepCell`: refresh at global steps 0, F, 2F, ... (across
+        epochs, counted by the optimizer's ``global_step``), stale steps without statistics;
+        evaluation (``Model.eval``, ``Model.fit``) works. Any other optimizer: `model` is returned
+        unchanged.
+
+        Note:
+            Dataset sink mode is run as the non-sink loop (a warning is logged): the per-step
+            choice between the refresh and the stale graph is made on the host. Only a static loss
+            scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
+            optimizer's ``loss_scale=s``).
+
+        Args:
+            model (Model): the model built by the user.
+            network (Cell): the network (without loss).
+            loss_fn (Cell): the loss. Default: ``None``.
+            optimizer (Cell): the optimizer from :func:`ms_optim.thor`. Default: ``None``.
+            metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
+            amp_level (str): ``"O0"`` (others are passed to ``mindspore.amp``). Default: ``"O0"``.
+            loss_scale_manager (FixedLossScaleManager): Default: ``None``.
+            keep_batchnorm_fp32 (bool): Default: ``False``.
+
+        Returns:
+            Model.
+
+        Raises:
+            ValueError: If `loss_scale_manager` is dynamic or its scale differs from the
+                optimizer's `loss_scale`, or `loss_fn` is None with a THOR optimizer.
+
+        Examples:
+            >>> import numpy as np
+            >>> import mindspore as ms
+            >>> from mindspore import nn
+            >>> from ms_optim import thor, ConvertModelUtils
+            >>> net = nn.SequentialCell([nn.Dense(4, 3)])
+            >>> opt = thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.03, ms.float32), 0.9,
+            ...            frequency=2)
+            >>> loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction='mean')
+            >>> model = ms.train.Model(net, loss_fn=loss, optimizer=opt, metrics={'acc'})
+            >>> model = ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, metrics={'acc'})
+            >>> type(model).__name__
+            'ThorModel'
+        """
+        from .model import ThorModel, ThorTrainOneStepCell  # local: avoid an import cycle
+        from .optimizer import ThorOptimizer
+        if not isinstance(optimizer, ThorOptimizer):
+            return model
+        if loss_fn is None:
+            raise ValueError("For 'convert_to_thor_model', the argument 'loss_fn' must be given "
+                             "with a THOR optimizer.")
+        sens = 1.0
+        if loss_scale_manager is not None:
+            from mindspore.amp import FixedLossScaleManager
+            if not isinstance(loss_scale_manager, FixedLossScaleManager):
+                raise ValueError("For 'convert_to_thor_model', only FixedLossScaleManager is "
+                                 "supported (THOR removes a static loss scale from its curvature "
+                                 f"statistics), but got {type(loss_scale_manager).__name__}.")
+            sens = float(loss_scale_manager.get_loss_scale())
+            if abs(sens - optimizer.loss_scale) > 1e-6 * sens:
+                raise ValueError("For 'convert_to_thor_model', the loss scale of "
+                                 f"'loss_scale_manager' ({sens}) must equal the optimizer's "
+                                 f"'loss_scale' ({optimizer.loss_scale}).")
+        net_with_loss = nn.WithLossCell(network, loss_fn)
+        if amp_level != "O0":
+            from mindspore import amp
+            amp.auto_mixed_precision(net_with_loss, amp_level)
+        train_cell = ThorTrainOneStepCell(net_with_loss, optimizer, sens=sens)
+        eval_network = nn.WithEvalCell(network, loss_fn, amp_level in ("O2", "O3", "auto"))
+        return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,
+                         eval_indexes=[0, 1, 2])

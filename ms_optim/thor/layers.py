@@ -1,0 +1,369 @@
+"""THOR layers: drop-in subclasses of the MindSpore layers that only *collect statistics*.
+
+Each layer computes exactly what its parent computes (same primitives, same Parameters). When
+its compile-time flag ``thor`` is True (a "refresh" step) it additionally stores, in
+non-trainable Parameters, the minibatch statistics THOR needs:
+
+* ``matrix_a``: the input factor (:func:`ms_optim.ops.kfac.input_covariance`; embedding: token
+  frequencies, :func:`ms_optim.ops.kfac.embedding_input_statistic`), from the forward pass;
+* ``matrix_g``: the output-gradient factor (:func:`ms_optim.ops.kfac.output_grad_covariance`
+  with :math:`s = 1`; the optimizer removes the loss scale), from ``ops.InsertGradientOf`` on the
+  layer output (before bias and activation);
+* ``thor_t``: :math:`T`, the output locations per sample of that refresh.
+
+Every forward also records ``thor_n`` (:math:`N`, the batch actually seen). When ``thor`` is
+False nothing else is computed: a stale step costs a first-order step. The flag is set by
+:class:`ms_optim.thor.ThorTrainOneStepCell` (and :func:`ms_optim.thor.ConvertModelUtils`); the
+turning of statistics into preconditioners is the optimizer's job (:func:`ms_optim.thor.thor`).
+"""
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from ..ops import kfac
+
+__all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "THOR_LAYERS"]
+
+
+class _StatsMixin:
+    """Statistic Parameters shared by all THOR layers."""
+
+    def _init_stats(self, a_shape, g_shape):
+        self.thor = True
+        self.matrix_a = Parameter(Tensor(np.zeros(a_shape, np.float32)), name="matrix_a",
+                                  requires_grad=False)
+        self.matrix_g = Parameter(Tensor(np.zeros(g_shape, np.float32)), name="matrix_g",
+                                  requires_grad=False)
+        self.thor_t = Parameter(Tensor(1.0, ms.float32), name="thor_t", requires_grad=False)
+        self.thor_n = Parameter(Tensor(1.0, ms.float32), name="thor_n", requires_grad=False)
+        self.get_g = ops.InsertGradientOf(self._save_gradient)
+
+    def _store_g(self, dout_rows, n, t):
+        """Store G = (N/T) D^T D (loss scale left in; removed by the optimizer)."""
+        d = ops.cast(dout_rows, ms.float32)
+        g = kfac.output_grad_covariance(d, n, t)
+        g = ops.depend(g, ops.assign(self.thor_t, Tensor(float(t), ms.float32)))
+        return ops.assign(self.matrix_g, g)
+
+
+class DenseThor(nn.Dense, _StatsMixin):
+    r"""Dense layer that collects THOR's Kronecker factors.
+
+    .. math::
+
+        A = \frac{1}{N} X^\top X,\qquad G = N\, D^\top D
+
+    with :math:`X` the input rows (inputs of rank > 2 are flattened to rows, :math:`N` = rows) and
+    :math:`D` the loss-scaled gradient of the output (before bias and activation).
+
+    Args:
+        in_channels (int): input width.
+        out_channels (int): output width.
+        weight_init (Union[Tensor, str, Initializer]): as :class:`mindspore.nn.Dense`.
+            Default: ``'normal'``.
+        bias_init (Union[Tensor, str, Initializer]): Default: ``'zeros'``.
+        has_bias (bool): Default: ``True``.
+        activation (Union[str, Cell, Primitive, None]): Default: ``None``.
+
+    Inputs:
+        - **x** (Tensor) - shape :math:`(*, in\_channels)`.
+
+    Outputs:
+        Tensor of shape :math:`(*, out\_channels)`, identical to :class:`mindspore.nn.Dense`.
+
+    Raises:
+        TypeError: If an argument has the wrong type (as :class:`mindspore.nn.Dense`).
+        ValueError: If `in_channels` or `out_channels` is not positive (as :class:`mindspore.nn.Dense`).
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim import DenseThor
+        >>> layer = DenseThor(3, 2)
+        >>> layer(ms.Tensor(np.ones((4, 3), np.float32))).shape
+        (4, 2)
+        >>> layer.matrix_a.asnumpy()[0, 0]  # mean of x**2 over the batch
+        1.0
+    """
+
+    def __init__(self, in_channels, out_channels, weight_init='normal', bias_init='zeros',
+                 has_bias=True, activation=None):
+        super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
+                         has_bias=has_bias, activation=activation)
+        self._init_stats((in_channels, in_channels), (out_channels, out_channels))
+
+    def _save_gradient(self, dout):
+        """Backward hook: store G from the output gradient; the gradient passes unchanged."""
+        return ops.depend(dout, self._store_g(dout, dout.shape[0], 1))
+
+    def construct(self, x):
+        x_shape = x.shape
+        if len(x_shape) != 2:
+            x = ops.reshape(x, (-1, x_shape[-1]))
+        n_rows = x.shape[0]
+        x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(n_rows), ms.float32)))
+        if self.thor:
+            a = kfac.input_covariance(ops.cast(x, ms.float32))
+            x = ops.depend(x, ops.assign(self.matrix_a, a))
+            x = self.matmul(x, self.weight)
+            x = self.get_g(x)
+        else:
+            x = self.matmul(x, self.weight)
+        if self.has_bias:
+            x = self.bias_add(x, self.bias)
+        if self.activation_flag:
+            x = self.activation(x)
+        if len(x_shape) != 2:
+            x = ops.reshape(x, x_shape[:-1] + (x.shape[-1],))
+        return ops.depend(x, self.matrix_g)
+
+
+class Conv2dThor(nn.Conv2d, _StatsMixin):
+    r"""Conv2d layer that collects THOR's Kronecker factors.
+
+    .. math::
+
+        A = \frac{1}{N T} P^\top P,\qquad G = \frac{N}{T} D^\top D,\qquad T = H_{out} W_{out}
+
+    :math:`P` are the im2col patches of the input, taken with the layer's own ``pad_mode``,
+    ``padding``, ``stride``, ``dilation`` and (possibly non-square) kernel, one row per sample and
+    output location, columns ordered like the flattened weight :math:`(C_{out}, C_{in} k_h k_w)`;
+    :math:`D` the loss-scaled output gradient (before the bias), one row per sample and location.
+
+    Note:
+        Only ``group=1`` and ``data_format='NCHW'`` collect statistics (conversion leaves grouped
+        convolutions unconverted and says so in the log).
+
+    Args:
+        in_channels (int): input channels.
+        out_channels (int): output channels.
+        kernel_size (Union[int, tuple[int]]): kernel (non-square allowed).
+        stride (Union[int, tuple[int]]): Default: ``1``.
+        pad_mode (str): ``'same'``, ``'valid'`` or ``'pad'``. Default: ``'same'``.
+        padding (Union[int, tuple[int]]): Default: ``0``.
+        dilation (Union[int, tuple[int]]): Default: ``1``.
+        group (int): must be 1. Default: ``1``.
+        has_bias (bool): Default: ``False``.
+        weight_init (Union[Tensor, str, Initializer]): Default: ``'normal'``.
+        bias_init (Union[Tensor, str, Initializer]): Default: ``'zeros'``.
+
+    Inputs:
+        - **x** (Tensor) - shape :math:`(N, C_{in}, H_{in}, W_{in})`.
+
+    Outputs:
+        Tensor, identical to :class:`mindspore.nn.Conv2d`.
+
+    Raises:
+        ValueError: If `group` is not 1.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim import Conv2dThor
+        >>> layer = Conv2dThor(2, 4, (3, 1), pad_mode='valid')
+        >>> layer(ms.Tensor(np.ones((1, 2, 5, 5), np.float32))).shape
+        (1, 4, 3, 5)
+        >>> layer.matrix_a.shape
+        (6, 6)
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode='same',
+                 padding=0, dilation=1, group=1, has_bias=False, weight_init='normal',
+                 bias_init='zeros'):
+        if group != 1:
+            raise ValueError(f"For 'Conv2dThor', the argument 'group' must be 1, but got {group}.")
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,
+                         padding=padding, dilation=dilation, group=group, has_bias=has_bias,
+                         weight_init=weight_init, bias_init=bias_init)
+        kh, kw = self.kernel_size
+        d_in = in_channels * kh * kw
+        self._init_stats((d_in, d_in), (out_channels, out_channels))
+        kernel = np.zeros((d_in, 1, kh, kw), np.float32)
+        for c in range(in_channels):
+            for i in range(kh):
+                for j in range(kw):
+                    kernel[c * kh * kw + i * kw + j, 0, i, j] = 1.0
+        self.patch_kernel = Tensor(kernel)
+        # the layer's own geometry, one output channel per (c, i, j): exact im2col
+        self.im2col = ops.Conv2D(out_channel=d_in, kernel_size=self.kernel_size, mode=1,
+                                 pad_mode=self.pad_mode, pad=self.padding, stride=self.stride,
+                                 dilation=self.dilation, group=in_channels)
+
+    def _save_gradient(self, dout):
+        """Backward hook: store G from the output gradient; the gradient passes unchanged."""
+        n, c, h, w = dout.shape
+        rows = ops.reshape(ops.transpose(dout, (0, 2, 3, 1)), (n * h * w, c))
+        return ops.depend(dout, self._store_g(rows, n, h * w))
+
+    def construct(self, x):
+        x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(x.shape[0]), ms.float32)))
+        if self.thor:
+            p = self.im2col(ops.cast(x, ms.float32), self.patch_kernel)
+            n, d, h, w = p.shape
+            p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
+            x = ops.depend(x, ops.assign(self.matrix_a, kfac.input_covariance(p)))
+            out = self.conv2d(x, self.weight)
+            out = self.get_g(out)
+        else:
+            out = self.conv2d(x, self.weight)
+        if self.has_bias:
+            out = self.bias_add(out, self.bias)
+        return ops.depend(out, self.matrix_g)
+
+
+class EmbeddingThor(nn.Embedding, _StatsMixin):
+    r"""Embedding layer that collects THOR's statistics.
+
+    .. math::
+
+        a = \frac{\mathrm{counts}}{N},\qquad G = \frac{N}{T} D^\top D
+
+    with :math:`N` the first dimension of the ids, :math:`T` the ids per sample and :math:`D`
+    the loss-scaled gradient of the looked-up rows.
+
+    Args:
+        vocab_size (int): rows of the table.
+        embedding_size (int): columns of the table.
+        use_one_hot (bool): as :class:`mindspore.nn.Embedding`. Default: ``False``.
+        embedding_table (Union[Tensor, str, Initializer]): Default: ``'normal'``.
+        dtype (mindspore.dtype): ids dtype. Default: ``mstype.int32``.
+        padding_idx (int, None): Default: ``None``.
+
+    Inputs:
+        - **ids** (Tensor) - integer ids of any shape.
+
+    Outputs:
+        Tensor of shape ``ids.shape + (embedding_size,)``.
+
+    Raises:
+        TypeError: If an argument has the wrong type (as :class:`mindspore.nn.Embedding`).
+        ValueError: If `vocab_size` or `embedding_size` is not positive (as :class:`mindspore.nn.Embedding`).
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim import EmbeddingThor
+        >>> layer = EmbeddingThor(5, 3)
+        >>> layer(ms.Tensor(np.array([[1, 1], [4, 0]], np.int32))).shape
+        (2, 2, 3)
+        >>> layer.matrix_a.asnumpy().tolist()
+        [0.5, 1.0, 0.0, 0.0, 0.5]
+    """
+
+    def __init__(self, vocab_size, embedding_size, use_one_hot=False, embedding_table='normal',
+                 dtype=ms.int32, padding_idx=None):
+        super().__init__(vocab_size, embedding_size, use_one_hot=use_one_hot,
+                         embedding_table=embedding_table, dtype=dtype, padding_idx=padding_idx)
+        self._init_stats((vocab_size,), (embedding_size, embedding_size))
+
+    def _save_gradient(self, dout):
+        """Backward hook on the output, shape ``ids.shape + (E,)``: rows are (sample, id)."""
+        n = dout.shape[0] if len(dout.shape) > 1 else 1
+        rows = ops.reshape(dout, (-1, dout.shape[-1]))
+        return ops.depend(dout, self._store_g(rows, n, rows.shape[0] // n))
+
+    def construct(self, ids):
+        out_shape = ids.shape + (self.embedding_size,)
+        flat_ids = ops.reshape(ids, (-1,))
+        n = ids.shape[0] if len(ids.shape) > 0 else 1
+        flat_ids = ops.depend(flat_ids, ops.assign(self.thor_n, Tensor(float(n), ms.float32)))
+        if self.use_one_hot:
+            one_hot_ids = self.one_hot(flat_ids, self.vocab_size, self.on_value, self.off_value)
+            rows = self.array_mul(one_hot_ids, self.embedding_table)
+        else:
+            rows = self.gather(self.embedding_table, flat_ids, 0)
+        if self.thor:
+            a = kfac.embedding_input_statistic(flat_ids, self.vocab_size, n)
+            rows = ops.depend(rows, ops.assign(self.matrix_a, a))
+            out = self.get_g(ops.reshape(rows, out_shape))
+        else:
+            out = ops.reshape(rows, out_shape)
+        return ops.depend(out, self.matrix_g)
+
+
+class EmbeddingLookupThor(nn.EmbeddingLookup, _StatsMixin):
+    r"""EmbeddingLookup layer that collects THOR's statistics (same rule as :class:`EmbeddingThor`).
+
+    The lookup is a dense gather of the table (values identical to the parent's lookup); the
+    table's gradient is therefore dense.
+
+    Args:
+        vocab_size (int): rows of the table.
+        embedding_size (int): columns of the table.
+        param_init (Union[Tensor, str, Initializer]): Default: ``'normal'``.
+        target (str): as :class:`mindspore.nn.EmbeddingLookup`. Default: ``'CPU'``.
+        slice_mode (str): Default: ``'batch_slice'``.
+        manual_shapes (tuple): Default: ``None``.
+        max_norm (Union[float, None]): must be ``None``. Default: ``None``.
+        sparse (bool): Default: ``True``.
+        vocab_cache_size (int): must be 0 (accepted for upstream compatibility). Default: ``0``.
+
+    Inputs:
+        - **indices** (Tensor) - integer ids.
+
+    Outputs:
+        Tensor of shape ``indices.shape + (embedding_size,)``.
+
+    Raises:
+        ValueError: If `max_norm` is not None or `vocab_cache_size` is not 0.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim import EmbeddingLookupThor
+        >>> layer = EmbeddingLookupThor(5, 3)
+        >>> layer(ms.Tensor(np.array([[1, 2]], np.int32))).shape
+        (1, 2, 3)
+    """
+
+    def __init__(self, vocab_size, embedding_size, param_init='normal', target='CPU',
+                 slice_mode='batch_slice', manual_shapes=None, max_norm=None, sparse=True,
+                 vocab_cache_size=0):
+        if max_norm is not None:
+            raise ValueError("For 'EmbeddingLookupThor', the argument 'max_norm' must be None, "
+                             f"but got {max_norm}.")
+        if vocab_cache_size != 0:
+            raise ValueError("For 'EmbeddingLookupThor', the argument 'vocab_cache_size' must be "
+                             f"0, but got {vocab_cache_size}.")
+        super().__init__(vocab_size, embedding_size, param_init=param_init, target=target,
+                         slice_mode=slice_mode, manual_shapes=manual_shapes, max_norm=None,
+                         sparse=sparse)
+        self.dense_gather = ops.Gather()
+        self._init_stats((vocab_size,), (embedding_size, embedding_size))
+
+    def _save_gradient(self, dout):
+        """Backward hook on the output, shape ``ids.shape + (E,)``: rows are (sample, id)."""
+        n = dout.shape[0] if len(dout.shape) > 1 else 1
+        rows = ops.reshape(dout, (-1, dout.shape[-1]))
+        return ops.depend(dout, self._store_g(rows, n, rows.shape[0] // n))
+
+    def construct(self, indices):
+        out_shape = indices.shape + (self.embedding_size,)
+        flat_ids = ops.reshape(indices, (-1,))
+        n = indices.shape[0] if len(indices.shape) > 0 else 1
+        flat_ids = ops.depend(flat_ids, ops.assign(self.thor_n, Tensor(float(n), ms.float32)))
+        rows = self.dense_gather(self.embedding_table, flat_ids, 0)
+        if self.thor:
+            a = kfac.embedding_input_statistic(flat_ids, self.vocab_size, n)
+            rows = ops.depend(rows, ops.assign(self.matrix_a, a))
+            out = self.get_g(ops.reshape(rows, out_shape))
+        else:
+            out = ops.reshape(rows, out_shape)
+        return ops.depend(out, self.matrix_g)
+
+
+#: Layer kinds THOR preconditions with a Kronecker rule / an embedding rule.
+THOR_LAYERS = (DenseThor, Conv2dThor, EmbeddingThor, EmbeddingLookupThor)

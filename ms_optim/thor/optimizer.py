@@ -1,0 +1,517 @@
+r"""THOR: Kronecker-factored natural-gradient optimizer, one algorithm for every backend.
+
+Written from the formulas of Chen et al., "THOR, Trace-based Hardware-driven Layer-Oriented
+Natural Gradient Descent Computation", AAAI 2021 (https://ojs.aaai.org/index.php/AAAI/article/view/16867)
+and Martens & Grosse 2015 (K-FAC, https://arxiv.org/abs/1503.05671), keeping the signature and
+defaults of ``mindspore.nn.thor``. The formulas are :mod:`ms_optim.ops.kfac`; the backend only
+swaps the block-inverse kernel (:mod:`ms_optim.thor._kernels`).
+"""
+import logging
+import math
+import numbers
+
+import numpy as np
+
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+
+from .. import _backend
+from .._validation import (check_bool, check_callable, check_float, check_int,
+                           check_non_negative, check_positive, check_type)
+from ..ops import kfac
+from . import _kernels
+from .convert import ConvertNetUtils
+from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
+
+__all__ = ["thor", "ThorOptimizer"]
+
+_LOG = logging.getLogger("ms_optim")
+_NAME = "thor"
+_F32_EPS = 2.0 ** -23
+CLIP_NORM = 1.0
+
+
+def _validate_schedule(value, arg_name, tensor_required):
+    """Return a float32 1-D numpy copy of a 0-D/1-D schedule (lr, damping) or raise."""
+    if tensor_required and not isinstance(value, Tensor):
+        raise TypeError(f"For '{_NAME}', the argument '{arg_name}' must be Tensor, "
+                        f"but got {type(value).__name__}.")
+    if not isinstance(value, (Tensor, np.ndarray)):
+        raise TypeError(f"For '{_NAME}', the argument '{arg_name}' must be Tensor or numpy.ndarray, "
+                        f"but got {type(value).__name__}.")
+    arr = value.asnumpy() if isinstance(value, Tensor) else np.asarray(value)
+    if arr.dtype.kind != "f":
+        raise TypeError(f"For '{_NAME}', the argument '{arg_name}' must have a float dtype, "
+                        f"but got {arr.dtype}.")
+    if arr.ndim > 1:
+        raise ValueError(f"For '{_NAME}', the argument '{arg_name}' must be 0-D or 1-D, "
+                         f"but got {arr.ndim}-D.")
+    if arr.size == 0:
+        raise ValueError(f"For '{_NAME}', the argument '{arg_name}' must not be empty.")
+    if not np.all(np.isfinite(arr)) or np.any(arr < 0):
+        raise ValueError(f"For '{_NAME}', every value of '{arg_name}' must be finite and >= 0.")
+    return arr.astype(np.float32).reshape(-1)
+
+
+def _validate_split_indices(split_indices, n_layers):
+    if split_indices is None:
+        return [max(n_layers - 1, 0)]
+    if not isinstance(split_indices, (list, tuple)):
+        raise TypeError(f"For '{_NAME}', the argument 'split_indices' must be list or tuple of int, "
+                        f"but got {type(split_indices).__name__}.")
+    if not split_indices:
+        raise ValueError(f"For '{_NAME}', the argument 'split_indices' must not be empty.")
+    prev = -1
+    for i in split_indices:
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
+            raise TypeError(f"For '{_NAME}', every element of 'split_indices' must be int, "
+                            f"but got {type(i).__name__}.")
+        if i <= prev or i >= max(n_layers, 1):
+            raise ValueError(f"For '{_NAME}', 'split_indices' must be strictly increasing layer "
+                             f"indices in [0, {max(n_layers - 1, 0)}] (the network has {n_layers} "
+                             f"preconditioned layers), but got {list(split_indices)}.")
+        prev = i
+    return [int(i) for i in split_indices]
+
+
+def _buckets(split_indices, n_layers):
+    """Layer index -> fusion bucket: split [26, 53] gives 0..26 -> 0, 27..53 -> 1."""
+    out = []
+    for k in range(n_layers):
+        b = 0
+        while b < len(split_indices) and k > split_indices[b]:
+            b += 1
+        out.append(b)
+    return out
+
+
+def _assign_owners(costs, group_size):
+    """Cost-balanced (greedy, largest first) assignment of layers to ranks; deterministic."""
+    load = [0.0] * group_size
+    owner = [0] * len(costs)
+    for k in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(group_size), key=lambda j: (load[j], j))
+        owner[k] = r
+        load[r] += costs[k]
+    return owner
+
+
+def _identity_blocks(d, block):
+    s = min(d, block)
+    nb = (d + s - 1) // s
+    return np.broadcast_to(np.eye(s, dtype=np.float32), (nb, s, s)).copy()
+
+
+class ThorOptimizer(nn.Optimizer):
+    r"""The THOR optimizer cell returned by :func:`thor` (see there for the algorithm).
+
+    Construct it through :func:`thor`, which validates the arguments and converts the network.
+
+    Inputs:
+        - **gradients** (tuple[Tensor]) - gradients of the trainable parameters.
+
+    Outputs:
+        bool, True.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+    """
+
+    def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
+                 batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
+                 frequency, backend, distribute_inversion, kernels=None):
+        super().__init__(learning_rate, params, 0.0, loss_scale)
+        self.thor = True
+        self.frequency = frequency
+        self.backend = backend
+        self.kernels = kernels if kernels is not None else _kernels.get_kernels(backend)
+        self.momentum = Parameter(Tensor(momentum, ms.float32), name="momentum")
+        self.moments = self._parameters.clone(prefix="moments", init="zeros")
+        self.use_nesterov = use_nesterov
+        self.weight_decay_value = float(weight_decay)
+        self.decay_flags = tuple(bool(decay_filter(p)) for p in self._parameters)
+        self.enable_clip_grad = enable_clip_grad
+        self.batch_size = batch_size
+        self.thor_damping = Parameter(Tensor(damping), name="thor_damping", requires_grad=False)
+        self._lr_values = self.learning_rate.learning_rate if self.dynamic_lr else self.learning_rate
+        self._n_lr = int(self._lr_values.shape[0]) if self.dynamic_lr else 1
+        self._n_damping = int(damping.shape[0])
+        self._inv_ls2 = 1.0 / (float(loss_scale) ** 2)
+
+        # --- map parameters to layers (by identity, never by name counting) -------------------
+        pid = {id(p): i for i, p in enumerate(self._parameters)}
+        layers, kinds, widx = [], [], []
+        ln_idx = set()
+        for _, cell in net.cells_and_names():
+            if isinstance(cell, (DenseThor, Conv2dThor)) and id(cell.weight) in pid:
+                layers.append(cell)
+                kinds.append("kron")
+                widx.append(pid[id(cell.weight)])
+            elif isinstance(cell, (EmbeddingThor, EmbeddingLookupThor)) \
+                    and id(cell.embedding_table) in pid:
+                layers.append(cell)
+                kinds.append("embed")
+                widx.append(pid[id(cell.embedding_table)])
+            elif isinstance(cell, nn.LayerNorm):
+                for p in (cell.gamma, cell.beta):
+                    if id(p) in pid:
+                        ln_idx.add(pid[id(p)])
+        self.n_layers = len(layers)
+        self._layer_kind = tuple(kinds)
+        self._layer_of_param = tuple(widx.index(i) if i in widx else -1
+                                     for i in range(len(self._parameters)))
+        self._is_layernorm = tuple(i in ln_idx for i in range(len(self._parameters)))
+        self.stat_a = ParameterTuple([c.matrix_a for c in layers])
+        self.stat_g = ParameterTuple([c.matrix_g for c in layers])
+        self.stat_t = ParameterTuple([c.thor_t for c in layers])
+        self.stat_n = ParameterTuple([layers[0].thor_n] if layers else [])
+
+        a_inv, g_inv, t_keep, costs = [], [], [], []
+        for k, cell in enumerate(layers):
+            wname = self._parameters[widx[k]].name
+            d_a, d_g = cell.matrix_a.shape[0], cell.matrix_g.shape[0]
+            if kinds[k] == "kron":
+                a0 = _identity_blocks(d_a, kfac.BLOCK_SIZE)
+                g0 = _identity_blocks(d_g, kfac.BLOCK_SIZE)
+                costs.append(float(a0.shape[0] * a0.shape[1] ** 3 + g0.shape[0] * g0.shape[1] ** 3))
+            else:
+                a0 = np.ones((d_a,), np.float32)
+                g0 = np.eye(d_g, dtype=np.float32)[None]
+                costs.append(float(d_a + d_g ** 3))
+            a_inv.append(Parameter(Tensor(a0), name=f"thor_a_inv.{wname}", requires_grad=False))
+            g_inv.append(Parameter(Tensor(g0), name=f"thor_g_inv.{wname}", requires_grad=False))
+            t_keep.append(Parameter(Tensor(1.0, ms.float32), name=f"thor_t.{wname}",
+                                    requires_grad=False))
+        self.a_inv = ParameterTuple(a_inv)
+        self.g_inv = ParameterTuple(g_inv)
+        self.t_keep = ParameterTuple(t_keep)
+        self.fault_count = Parameter(Tensor(np.zeros((max(self.n_layers, 1),), np.int32)),
+                                     name="thor_fault_count", requires_grad=False)
+
+        # --- data parallel seam ---------------------------------------------------------------
+        self.split_indices = split_indices
+        self._bucket = tuple(_buckets(split_indices, self.n_layers))
+        self.distribute_inversion = distribute_inversion
+        self._parallel = ms.get_auto_parallel_context("parallel_mode") in (
+            ms.ParallelMode.DATA_PARALLEL, "data_parallel")
+        self.group_size = 1
+        self.rank = 0
+        if self._parallel:
+            from mindspore.communication import get_group_size, get_rank
+            self.group_size = get_group_size()
+            self.rank = get_rank()
+            n_b = len(split_indices) + 1
+            self.allreduce = [ops.AllReduce().add_prim_attr("fusion", b + 1) for b in range(n_b)]
+        self._owner = tuple(_assign_owners(costs, self.group_size)) if distribute_inversion \
+            else tuple(0 for _ in costs)
+
+    # ----------------------------------------------------------------------------------------
+    # Data-parallel seam: identity in stand-alone mode.
+    # ----------------------------------------------------------------------------------------
+    def _allreduce_sum(self, tensors):
+        """Sum over ranks, one fusion bucket per ``split_indices`` group (identity when single)."""
+        if not self._parallel:
+            return tensors
+        out = ()
+        for k in range(len(tensors)):
+            out = out + (self.allreduce[self._bucket[k % max(self.n_layers, 1)]](tensors[k]),)
+        return out
+
+    def _reduce_statistics(self, stats):
+        """Mean of the statistics (A, G) over the data-parallel ranks; refresh steps only."""
+        if not self._parallel:
+            return stats
+        summed = self._allreduce_sum(stats)
+        return tuple(s / self.group_size for s in summed)
+
+    def _owns(self, k):
+        """Whether this rank computes layer ``k``'s inverses."""
+        return (not self.distribute_inversion) or self._owner[k] == self.rank
+
+    def _share_inverses(self, tensors):
+        """Make every rank hold every inverse: zero-filled buffers are summed over ranks."""
+        if not (self._parallel and self.distribute_inversion):
+            return tensors
+        return self._allreduce_sum(tensors)
+
+    # ----------------------------------------------------------------------------------------
+    def _invert_layer(self, k, a, g, lam):
+        """Damped inverses of layer k with the fault guard; returns (a_inv, g_inv, ok float)."""
+        t = ops.depend(self.stat_t[k], a)
+        finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
+        if self._layer_kind[k] == "kron":
+            delta = kfac.factored_damping(lam, t)
+            block = kfac.BLOCK_SIZE
+        else:
+            delta = ops.sqrt(lam)
+            block = g.shape[0]
+        scale = ops.maximum(ops.diagonal(g).max(), 0.0)
+        if self._layer_kind[k] == "kron":
+            scale = ops.maximum(scale, ops.diagonal(a).max())
+        tol = min(block, g.shape[0]) * _F32_EPS
+        ok = ops.logical_and(finite, delta > tol * scale)
+        if self._layer_kind[k] == "embed":
+            ok = ops.logical_and(ok, delta > 0)
+        zero = ops.zeros((), ms.float32)
+        # A rejected factor is replaced by I (zeros + delta 1) so that Cholesky never fails.
+        safe_delta = ops.where(ok, delta, ops.ones((), ms.float32))
+        a_safe = ops.where(ok, a, zero)
+        g_safe = ops.where(ok, g, zero)
+        if self._layer_kind[k] == "kron":
+            a_new = kfac.damped_block_inverse(a_safe, safe_delta, block, self.kernels.spd_block_inverse)
+            g_new = kfac.damped_block_inverse(g_safe, safe_delta, block, self.kernels.spd_block_inverse)
+        else:
+            a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
+            g_new = kfac.damped_block_inverse(g_safe, safe_delta, block,
+                                              kfac.spd_block_inverse_cholesky)
+        ok = ops.logical_and(ok, ops.logical_and(ops.isfinite(a_new).all(),
+                                                 ops.isfinite(g_new).all()))
+        okf = ops.cast(ok, ms.float32)
+        return a_new * okf, g_new * okf, okf
+
+    def _refresh(self, lam, gradients):
+        """Refresh step: statistics -> damped inverses (kept where the statistics are bad)."""
+        stats = ()
+        for k in range(self.n_layers):
+            # the statistics were written in this step's forward/backward: read them after it
+            a = ops.depend(self.stat_a[k], gradients)
+            g = ops.depend(self.stat_g[k], gradients) * self._inv_ls2
+            stats = stats + (a, g)
+        stats = self._reduce_statistics(stats)
+        bufs = ()
+        for k in range(self.n_layers):
+            a, g = stats[2 * k], stats[2 * k + 1]
+            if self._owns(k):
+                a_new, g_new, okf = self._invert_layer(k, a, g, lam)
+                tk = ops.depend(self.stat_t[k], a) * okf
+            else:
+                a_new = ops.zeros(self.a_inv[k].shape, ms.float32)
+                g_new = ops.zeros(self.g_inv[k].shape, ms.float32)
+                okf = ops.zeros((), ms.float32)
+                tk = ops.zeros((), ms.float32)
+            bufs = bufs + (a_new, g_new, okf, tk)
+        bufs = self._share_inverses(bufs)
+        a_out, g_out, t_out, bad = (), (), (), ()
+        for k in range(self.n_layers):
+            a_new, g_new, okf, tk = bufs[4 * k], bufs[4 * k + 1], bufs[4 * k + 2], bufs[4 * k + 3]
+            ok = okf > 0.5
+            a_k = ops.where(ok, a_new, self.a_inv[k])
+            g_k = ops.where(ok, g_new, self.g_inv[k])
+            t_k = ops.where(ok, tk, self.t_keep[k])
+            a_k = ops.depend(a_k, ops.assign(self.a_inv[k], a_k))
+            g_k = ops.depend(g_k, ops.assign(self.g_inv[k], g_k))
+            t_k = ops.depend(t_k, ops.assign(self.t_keep[k], t_k))
+            a_out, g_out, t_out = a_out + (a_k,), g_out + (g_k,), t_out + (t_k,)
+            bad = bad + (ops.cast(1 - ops.cast(ok, ms.int32), ms.int32),)
+        if self.n_layers:
+            counted = ops.depend(a_out[0], ops.assign_add(self.fault_count, ops.stack(bad)))
+            a_out = (counted,) + a_out[1:]
+        return a_out, g_out, t_out
+
+    def _clamped(self, values, length):
+        idx = ops.minimum(self.global_step, length - 1)
+        return ops.reshape(ops.gather(values, idx, 0), ())
+
+    def construct(self, gradients):
+        params = self._parameters
+        moments = self.moments
+        gradients = self.flatten_gradients(gradients)
+        gradients = self.scale_grad(gradients)
+        lam = self._clamped(self.thor_damping, self._n_damping)
+        lr = self._clamped(self._lr_values, self._n_lr) if self.dynamic_lr \
+            else ops.reshape(self._lr_values, ())
+        if self.thor:
+            # statistics are written during forward/backward of this step
+            a_inv, g_inv, t_use = self._refresh(lam, gradients)
+        else:
+            a_inv, g_inv, t_use = self.a_inv, self.g_inv, self.t_keep
+        if self.stat_n:
+            n_batch = ops.depend(self.stat_n[0], gradients)
+        else:
+            n_batch = Tensor(float(self.batch_size), ms.float32)
+        success = True
+        for i in range(len(params)):
+            grad = ops.cast(gradients[i], ms.float32)
+            k = self._layer_of_param[i]
+            if k >= 0:
+                if self._layer_kind[k] == "kron":
+                    shape = grad.shape
+                    g2 = ops.reshape(grad, (shape[0], -1))
+                    g2 = kfac.kron_precondition(g_inv[k], g2, a_inv[k], t_use[k])
+                    grad = ops.reshape(g2, shape)
+                else:
+                    grad = kfac.embedding_precondition(a_inv[k], grad, g_inv[k][0])
+            elif self._is_layernorm[i]:
+                grad = kfac.layernorm_precondition(grad, n_batch, lam)
+            if self.weight_decay_value > 0 and self.decay_flags[i]:
+                grad = grad + self.weight_decay_value * params[i]
+            if self.enable_clip_grad:
+                grad = ops.clip_by_norm(grad, CLIP_NORM)
+            w_new, v_new = kfac.momentum_step(ops.cast(params[i], ms.float32),
+                                              ops.cast(moments[i], ms.float32), grad, lr,
+                                              self.momentum, self.use_nesterov)
+            success = ops.depend(success, ops.assign(moments[i], ops.cast(v_new, moments[i].dtype)))
+            success = ops.depend(success, ops.assign(params[i], ops.cast(w_new, params[i].dtype)))
+        success = ops.depend(success, ops.assign_add(self.global_step,
+                                                     ops.ones((1,), ms.int32)))
+        return success
+
+
+def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
+         use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
+         enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False):
+    r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
+
+    Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
+    (:class:`ConvertNetUtils`) and returns the optimizer. One algorithm on every backend: at the
+    0-based global step :math:`t`, with :math:`F` = `frequency`,
+
+    .. math::
+
+        \begin{array}{ll}
+        \text{refresh } (t \bmod F = 0): & A = \frac{1}{NT}P^\top P,\quad
+            G = \frac{N}{T}D^\top D,\quad \delta = \sqrt{\lambda_t / T} \\
+        & \hat A^{-1} = \operatorname{blockdiag}_{128}(A + \delta I)^{-1},\quad
+            \hat G^{-1} = \operatorname{blockdiag}_{128}(G + \delta I)^{-1}
+            \ \text{(Cholesky; kept until the next refresh)} \\
+        \text{Dense/Conv2d weight}: & \tilde g = \frac{1}{T}\hat G^{-1}\,\nabla W\,\hat A^{-1} \\
+        \text{Embedding}: & \tilde g = \operatorname{diag}(a + \sqrt{\lambda_t})^{-1}\,\nabla E\,
+            (G + \sqrt{\lambda_t} I)^{-1},\quad a = \mathrm{counts}/N \\
+        \text{LayerNorm } \gamma, \beta: & \tilde g = g \,/\, (g \odot g / N + \sqrt{\lambda_t}) \\
+        \text{other}: & \tilde g = g \\
+        \text{then}: & \tilde g \leftarrow \tilde g + wd \cdot w \ \text{if decay\_filter}(w);\quad
+            \tilde g \leftarrow \operatorname{clip}_{\|\cdot\| \le 1}(\tilde g)\ \text{if enable\_clip\_grad} \\
+        & v \leftarrow \mu v + \tilde g,\quad
+            w \leftarrow w - lr_t\, v \quad (\text{Nesterov: } w \leftarrow w - lr_t(\tilde g + \mu v))
+        \end{array}
+
+    :math:`P`: layer inputs / im2col patches; :math:`D = \frac{1}{s}\partial(sL)/\partial Y`: output
+    gradients of the mean loss :math:`L` with the loss scale :math:`s` removed; :math:`N`: samples
+    in the step's minibatch; :math:`T`: output locations per sample (1 for Dense,
+    :math:`H_{out}W_{out}` for Conv2d, ids per sample for embeddings); :math:`\lambda_t` =
+    ``damping[t]``, :math:`lr_t` = ``learning_rate[t]`` (0-D: constant; past the end the last
+    value holds); :math:`\mu` = `momentum`; :math:`wd` = `weight_decay`. The damping is split as
+    :math:`\sqrt{\lambda}` between the two factors (factored Tikhonov damping), which is what
+    ``mindspore.nn.thor`` computes.
+
+    Note:
+        - Refresh steps happen at global steps 0, F, 2F, ... when training goes through
+          :class:`ThorTrainOneStepCell` or :meth:`ConvertModelUtils.convert_to_thor_model`
+          (which select a "refresh" or a "stale" compiled graph per step). Used inside a plain
+          ``nn.TrainOneStepCell`` every step is a refresh step (correct, but no reuse).
+        - Statistics or inverses that are non-finite, or a damping too small for float32 Cholesky
+          (:math:`\delta \le s\,2^{-23}\max \operatorname{diag}`), keep the layer's last good
+          inverses; the event is counted in the Parameter ``thor_fault_count``.
+        - The result does not depend on `loss_scale` (a static loss scale, e.g.
+          ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
+          Dynamic loss scaling is not supported.
+        - Grouped convolutions are left unconverted (plain gradient), with a log message.
+        - Data parallel: the statistics A and G (not the inverses) are averaged over the ranks on
+          refresh steps, in fusion buckets given by `split_indices`.
+
+    Args:
+        net (Cell): the network; converted in place after all arguments are validated.
+        learning_rate (Tensor): 0-D or 1-D per-step learning rates.
+        damping (Tensor): 0-D or 1-D per-step damping :math:`\lambda_t \ge 0`.
+        momentum (float): :math:`\mu \ge 0`.
+        weight_decay (Union[float, int]): :math:`wd \ge 0`. Default: ``0.0``.
+        loss_scale (float): static loss scale :math:`s > 0`. Default: ``1.0``.
+        batch_size (int): used as :math:`N` only for LayerNorm rules of a network that has no
+            converted layer (otherwise :math:`N` is read from the batch). Default: ``32``.
+        use_nesterov (bool): Nesterov momentum. Default: ``False``.
+        decay_filter (Callable): ``decay_filter(param) -> bool``, parameters to decay.
+            Default: ``lambda x: x.name not in []`` (all).
+        split_indices (list[int]): fusion-bucket ends for the data-parallel all-reduce of the
+            statistics; ``[26, 53]`` makes layers 0-26 and 27-53 two buckets. Default: ``None``
+            (one bucket).
+        enable_clip_grad (bool): clip each preconditioned gradient to norm 1. Default: ``False``.
+        frequency (int): :math:`F \ge 2`, steps between refreshes. Default: ``100``.
+        backend (str): keyword-only; ``"auto"``, ``"ascend"`` or ``"portable"``. Default:
+            ``"auto"``.
+        distribute_inversion (bool): keyword-only; in data-parallel mode, each layer's inversion
+            runs on one rank (cost-balanced) and the results are shared (sum of zero-filled
+            buffers); identical result. Default: ``False``.
+
+    Inputs:
+        - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
+
+    Outputs:
+        bool, True.
+
+    Raises:
+        TypeError: If `net` is not a Cell.
+        TypeError: If `learning_rate` is not a Tensor.
+        TypeError: If `damping` is not a Tensor or numpy array of a float dtype.
+        TypeError: If `loss_scale` or `momentum` is not a float.
+        TypeError: If `weight_decay` is neither float nor int.
+        TypeError: If `use_nesterov`, `enable_clip_grad` or `distribute_inversion` is not a bool.
+        TypeError: If `frequency` or `batch_size` is not an int.
+        TypeError: If `decay_filter` is not callable.
+        TypeError: If `split_indices` is not a list/tuple of int.
+        ValueError: If `loss_scale` <= 0.
+        ValueError: If `weight_decay` or `momentum` < 0.
+        ValueError: If `frequency` < 2.
+        ValueError: If `batch_size` <= 0.
+        ValueError: If `learning_rate` or `damping` is not 0-D/1-D, empty, negative or not finite.
+        ValueError: If `split_indices` is not strictly increasing within the preconditioned
+            layers.
+        ValueError: If `net` has no trainable parameter, or `backend` is invalid.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> from ms_optim import thor, ThorTrainOneStepCell
+        >>> net = nn.SequentialCell([nn.Dense(4, 8, activation='relu'), nn.Dense(8, 3)])
+        >>> opt = thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.03, ms.float32), 0.9,
+        ...            frequency=2)
+        >>> loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction='mean'))
+        >>> step = ThorTrainOneStepCell(loss, opt)
+        >>> x = ms.Tensor(np.random.randn(16, 4).astype(np.float32))
+        >>> y = ms.Tensor(np.random.randint(0, 3, 16).astype(np.int32))
+        >>> losses = [float(step(x, y).asnumpy()) for _ in range(4)]
+        >>> losses[-1] < losses[0]
+        True
+    """
+    # ---- validation: everything before the network is touched ------------------------------
+    if not isinstance(net, nn.Cell):
+        raise TypeError(f"For '{_NAME}', the argument 'net' must be Cell, "
+                        f"but got {type(net).__name__}.")
+    check_float(_NAME, "momentum", momentum)
+    check_non_negative(_NAME, "momentum", momentum)
+    check_type(_NAME, "weight_decay", weight_decay, (float, numbers.Integral), "float or int")
+    check_non_negative(_NAME, "weight_decay", weight_decay)
+    check_float(_NAME, "loss_scale", loss_scale)
+    check_positive(_NAME, "loss_scale", loss_scale)
+    check_int(_NAME, "frequency", frequency)
+    if frequency < 2:
+        raise ValueError(f"For '{_NAME}', the argument 'frequency' must be at least 2, "
+                         f"but got {frequency}.")
+    lr_values = _validate_schedule(learning_rate, "learning_rate", tensor_required=True)
+    damping_values = _validate_schedule(damping, "damping", tensor_required=False)
+    check_bool(_NAME, "use_nesterov", use_nesterov)
+    check_int(_NAME, "batch_size", batch_size)
+    if batch_size <= 0:
+        raise ValueError(f"For '{_NAME}', the argument 'batch_size' must be > 0, but got {batch_size}.")
+    check_callable(_NAME, "decay_filter", decay_filter)
+    check_bool(_NAME, "enable_clip_grad", enable_clip_grad)
+    check_bool(_NAME, "distribute_inversion", distribute_inversion)
+    resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
+    if not net.trainable_params():
+        raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
+    converter = ConvertNetUtils()
+    n_layers = len(converter.plan(net))
+    split_indices = _validate_split_indices(split_indices, n_layers)
+    for p in net.trainable_params():  # decay_filter must return a bool-like for every param
+        decay_filter(p)
+    # ---- only now change the network ---------------------------------------------------------
+    converter.convert_to_thor_net(net)
+    lr_tensor = learning_rate if lr_values.size > 1 else Tensor(float(lr_values[0]), ms.float32)
+    if lr_values.size > 1:
+        lr_tensor = Tensor(lr_values)
+    return ThorOptimizer(net, net.trainable_params(), lr_tensor, damping_values, momentum,
+                         weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
+                         split_indices, enable_clip_grad, frequency, resolved, distribute_inversion)

@@ -1,0 +1,184 @@
+"""Float64 NumPy reference of THOR (imports only numpy).
+
+Paper notation (Martens & Grosse 2015, K-FAC; Chen et al. 2021, THOR) mapped to the code:
+    a_{l-1} (layer input)            -> x, or the im2col patches P for a convolution
+    g_l = dL/ds_l (pre-activation)   -> dout (gradient of the layer output before bias/act.)
+    A_{l-1} = E[a a^T]               -> A = P^T P / (N T)
+    G_l = E[g g^T] (per sample)      -> G = (N / T) D^T D   (D: gradient of the *mean* loss)
+    F_l ~ A (x) G, damping gamma     -> A + sqrt(lambda/T) I, G + sqrt(lambda/T) I
+    natural gradient                 -> (1/T) G^-1 dW A^-1   (block-diagonal, 128-blocks)
+Everything is float64 and the inverses are taken with np.linalg.inv per block (not Cholesky), so
+the reference is independent of the implementation's linear algebra.
+"""
+import numpy as np
+
+BLOCK = 128
+
+
+# ------------------------------------------------------------------------------------------
+# A tiny sequential network with explicit backward: layers are dicts
+#   {"kind": "dense", "w": (out, in), "b": (out,) or None}
+#   {"kind": "conv", "w": (out, C, kh, kw), "b": ..., "stride": (sh, sw),
+#    "pad": (top, bottom, left, right), "dilation": (dh, dw)}
+#   {"kind": "relu"}, {"kind": "flatten"}
+# ------------------------------------------------------------------------------------------
+def im2col(x, kh, kw, stride, pad, dilation):
+    """Patches (N*Ho*Wo, C*kh*kw), columns ordered (c, i, j) like a flattened OIHW weight."""
+    n, c, h, w = x.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad[0], pad[1]), (pad[2], pad[3])))
+    sh, sw = stride
+    dh, dw = dilation
+    ho = (h + pad[0] + pad[1] - dh * (kh - 1) - 1) // sh + 1
+    wo = (w + pad[2] + pad[3] - dw * (kw - 1) - 1) // sw + 1
+    cols = np.empty((n, ho, wo, c, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            sl = xp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            cols[:, :, :, :, i, j] = sl.transpose(0, 2, 3, 1)
+    return cols.reshape(n * ho * wo, c * kh * kw), ho, wo
+
+
+def col2im_grad(dcols, x_shape, kh, kw, stride, pad, dilation, ho, wo):
+    """Adjoint of im2col: gradient w.r.t. x from the gradient w.r.t. the patches."""
+    n, c, h, w = x_shape
+    dxp = np.zeros((n, c, h + pad[0] + pad[1], w + pad[2] + pad[3]))
+    d = dcols.reshape(n, ho, wo, c, kh, kw)
+    sh, sw = stride
+    dh, dw = dilation
+    for i in range(kh):
+        for j in range(kw):
+            dxp[:, :, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw] += \
+                d[:, :, :, :, i, j].transpose(0, 3, 1, 2)
+    return dxp[:, :, pad[0]: pad[0] + h, pad[2]: pad[2] + w]
+
+
+def forward_backward(layers, x, labels):
+    """Mean softmax cross-entropy; returns loss, grads, and per Dense/Conv layer (P, D, N, T)."""
+    cache = []
+    h = x
+    for layer in layers:
+        k = layer["kind"]
+        if k == "dense":
+            cache.append(h)
+            h = h @ layer["w"].T + (layer["b"] if layer["b"] is not None else 0.0)
+        elif k == "conv":
+            out_c, c, kh, kw = layer["w"].shape
+            p, ho, wo = im2col(h, kh, kw, layer["stride"], layer["pad"], layer["dilation"])
+            cache.append((h.shape, p, ho, wo))
+            y = p @ layer["w"].reshape(out_c, -1).T
+            if layer["b"] is not None:
+                y = y + layer["b"]
+            h = y.reshape(h.shape[0], ho, wo, out_c).transpose(0, 3, 1, 2)
+        elif k == "relu":
+            cache.append(h)
+            h = np.maximum(h, 0.0)
+        elif k == "flatten":
+            cache.append(h.shape)
+            h = h.reshape(h.shape[0], -1)
+    n = x.shape[0]
+    z = h - h.max(axis=1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    loss = -np.mean(np.log(prob[np.arange(n), labels]))
+    dh = prob.copy()
+    dh[np.arange(n), labels] -= 1.0
+    dh /= n
+    grads = [None] * len(layers)
+    stats = [None] * len(layers)
+    for li in range(len(layers) - 1, -1, -1):
+        layer, c = layers[li], cache[li]
+        k = layer["kind"]
+        if k == "dense":
+            gw = dh.T @ c
+            gb = dh.sum(0) if layer["b"] is not None else None
+            grads[li] = (gw, gb)
+            stats[li] = (c, dh, c.shape[0], 1)
+            dh = dh @ layer["w"]
+        elif k == "conv":
+            x_shape, p, ho, wo = c
+            out_c = layer["w"].shape[0]
+            d = dh.transpose(0, 2, 3, 1).reshape(-1, out_c)
+            gw = (d.T @ p).reshape(layer["w"].shape)
+            gb = d.sum(0) if layer["b"] is not None else None
+            grads[li] = (gw, gb)
+            stats[li] = (p, d, x_shape[0], ho * wo)
+            dcols = d @ layer["w"].reshape(out_c, -1)
+            _, _, kh, kw = layer["w"].shape
+            dh = col2im_grad(dcols, x_shape, kh, kw, layer["stride"], layer["pad"],
+                             layer["dilation"], ho, wo)
+        elif k == "relu":
+            dh = dh * (c > 0)
+        elif k == "flatten":
+            dh = dh.reshape(c)
+    return loss, grads, stats
+
+
+# ------------------------------------------------------------------------------------------
+# THOR formulas (float64)
+# ------------------------------------------------------------------------------------------
+def factors(p, d, n, t):
+    """A = P^T P / (N T), G = (N / T) D^T D."""
+    return p.T @ p / (n * t), (n / t) * d.T @ d
+
+
+def block_diag_inverse(m, delta, block=BLOCK):
+    """Block-diagonal inverse of M + delta I with blocks of `block` (np.linalg.inv per block)."""
+    dim = m.shape[0]
+    mh = m + delta * np.eye(dim)
+    out = np.zeros_like(mh)
+    for s in range(0, dim, block):
+        e = min(s + block, dim)
+        out[s:e, s:e] = np.linalg.inv(mh[s:e, s:e])
+    return out
+
+
+def precondition(g_inv, grad, a_inv, t):
+    """(1/T) G^-1 dW A^-1 on the (out, in*kh*kw) matrix view."""
+    shape = grad.shape
+    g2 = grad.reshape(shape[0], -1)
+    return ((g_inv @ g2 @ a_inv) / t).reshape(shape)
+
+
+def layernorm_rule(g, n, lam):
+    return g / (g * g / n + np.sqrt(lam))
+
+
+def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
+             nesterov=False, decay_all=True, start_step=0):
+    """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
+
+    ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
+    """
+    layers = [dict(l) for l in layers]
+    vel = {}
+    inv = {}
+    losses = []
+    lr = np.atleast_1d(np.asarray(lr, np.float64))
+    damping = np.atleast_1d(np.asarray(damping, np.float64))
+    for s, (x, y) in enumerate(batches):
+        step = start_step + s
+        lr_t = lr[min(step, lr.size - 1)]
+        lam = damping[min(step, damping.size - 1)]
+        loss, grads, stats = forward_backward(layers, x, y)
+        losses.append(loss)
+        for li, layer in enumerate(layers):
+            if grads[li] is None:
+                continue
+            gw, gb = grads[li]
+            if step % frequency == 0:
+                p, d, n, t = stats[li]
+                a, g = factors(p, d, n, t)
+                delta = np.sqrt(lam / t)
+                inv[li] = (block_diag_inverse(a, delta), block_diag_inverse(g, delta), t)
+            w2 = layer["w"].reshape(layer["w"].shape[0], -1)
+            a_inv, g_inv, t = inv.get(li, (np.eye(w2.shape[1]), np.eye(w2.shape[0]), 1))
+            new = {"w": precondition(g_inv, gw, a_inv, t)}
+            if gb is not None:
+                new["b"] = gb
+            for key, g in new.items():
+                if weight_decay > 0 and decay_all:
+                    g = g + weight_decay * layer[key]
+                v = momentum * vel.get((li, key), 0.0) + g
+                vel[(li, key)] = v
+                upd = g + momentum * v if nesterov else v
+                layer[key] = layer[key] - lr_t * upd
+    return layers, losses

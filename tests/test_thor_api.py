@@ -1,0 +1,164 @@
+"""THOR API: every Raises line (network untouched), conversion fidelity, schedules."""
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from ms_optim import (Conv2dThor, ConvertNetUtils, DenseThor, EmbeddingLookupThor, EmbeddingThor,
+                      thor, thor_damping_schedule, thor_lr_schedule)
+import thor_helpers as H
+
+LR = Tensor(0.1, ms.float32)
+DAMP = Tensor(0.1, ms.float32)
+
+
+class _Custom(nn.Cell):
+    """Dense + a bare Parameter used directly in construct."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Dense(4, 3)
+        self.scale = Parameter(Tensor(np.ones(3, np.float32) * 2.0), name="scale")
+
+    def construct(self, x):
+        return self.fc(x) * self.scale
+
+
+def _net():
+    return nn.SequentialCell([nn.Conv2d(1, 2, 3, has_bias=True), nn.Flatten(), nn.Dense(2 * 16, 3)])
+
+
+BAD = [
+    (dict(net="net"), TypeError, "'net' must be Cell"),
+    (dict(learning_rate=0.1), TypeError, "'learning_rate' must be Tensor"),
+    (dict(learning_rate=[0.1]), TypeError, "'learning_rate' must be Tensor"),
+    (dict(learning_rate=Tensor(np.ones((2, 2), np.float32))), ValueError, "0-D or 1-D"),
+    (dict(damping=0.1), TypeError, "'damping' must be Tensor"),
+    (dict(damping=Tensor(np.array([0.1, -1.0], np.float32))), ValueError, "'damping' must be finite"),
+    (dict(damping=Tensor(np.array([1, 2], np.int32))), TypeError, "float dtype"),
+    (dict(damping=Tensor(np.array([np.nan], np.float32))), ValueError, "'damping'"),
+    (dict(loss_scale=1), TypeError, "'loss_scale' must be float"),
+    (dict(loss_scale=0.0), ValueError, "'loss_scale'"),
+    (dict(loss_scale=-1.0), ValueError, "'loss_scale'"),
+    (dict(momentum=1), TypeError, "'momentum' must be float"),
+    (dict(momentum=-0.1), ValueError, "'momentum'"),
+    (dict(weight_decay="1"), TypeError, "'weight_decay' must be float or int"),
+    (dict(weight_decay=-1.0), ValueError, "'weight_decay'"),
+    (dict(use_nesterov=1), TypeError, "'use_nesterov' must be bool"),
+    (dict(frequency=2.0), TypeError, "'frequency' must be int"),
+    (dict(frequency=True), TypeError, "'frequency' must be int"),
+    (dict(frequency=1), ValueError, "'frequency' must be at least 2"),
+    (dict(batch_size="32"), TypeError, "'batch_size' must be int"),
+    (dict(batch_size=0), ValueError, "'batch_size'"),
+    (dict(decay_filter=None), TypeError, "'decay_filter' must be callable"),
+    (dict(split_indices="abc"), TypeError, "'split_indices'"),
+    (dict(split_indices=[1, 1]), ValueError, "strictly increasing"),
+    (dict(split_indices=[5]), ValueError, "split_indices"),
+    (dict(split_indices=[0.5]), TypeError, "split_indices"),
+    (dict(enable_clip_grad=1), TypeError, "'enable_clip_grad' must be bool"),
+    (dict(backend="tpu"), ValueError, "'backend'"),
+    (dict(distribute_inversion="yes"), TypeError, "'distribute_inversion' must be bool"),
+]
+
+
+@pytest.mark.parametrize("kwargs,err,msg", BAD, ids=[str(list(b[0])[0]) + str(i) for i, b in enumerate(BAD)])
+def test_raises_and_network_untouched(kwargs, err, msg):
+    net = _net()
+    before, struct = H.snapshot(net), H.structure(net)
+    args = dict(net=net, learning_rate=LR, damping=DAMP, momentum=0.9)
+    args.update(kwargs)
+    with pytest.raises(err, match=msg):
+        thor(**args)
+    assert H.structure(net) == struct
+    after = H.snapshot(net)
+    assert after.keys() == before.keys()
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_no_trainable_params_raises():
+    net = nn.Dense(2, 2)
+    for p in net.get_parameters():
+        p.requires_grad = False
+    with pytest.raises(ValueError, match="trainable"):
+        thor(net, LR, DAMP, 0.9)
+
+
+def _outputs_identical(net, x):
+    before = net(x).asnumpy()
+    ConvertNetUtils().convert_to_thor_net(net)
+    after = net(x).asnumpy()
+    np.testing.assert_array_equal(after, before)
+
+
+def test_conversion_keeps_outputs(mode):
+    net = nn.SequentialCell([
+        nn.Conv2d(2, 3, (3, 2), stride=(2, 1), pad_mode="pad", padding=(1, 0, 2, 1), dilation=(1, 2),
+                  has_bias=True, bias_init="ones"),
+        nn.Conv2d(3, 3, 3, pad_mode="same", has_bias=True, bias_init="ones"),
+        nn.Conv2d(3, 4, 2, pad_mode="valid", group=1),
+        nn.Conv2d(4, 4, 3, pad_mode="same", group=2),   # grouped: left unconverted
+        nn.Flatten(),
+        nn.Dense(4 * 3 * 7, 5, activation=nn.LeakyReLU(0.3), bias_init="ones"),
+    ])
+    x = Tensor(np.random.randn(2, 2, 9, 7).astype(np.float32))
+    _outputs_identical(net, x)
+    kinds = [type(c).__name__ for c in net]
+    assert kinds == ["Conv2dThor", "Conv2dThor", "Conv2dThor", "Conv2d", "Flatten", "DenseThor"]
+    assert tuple(net[0].dilation)[-2:] == (1, 2) and tuple(net[0].kernel_size) == (3, 2)
+    assert float(net[0].bias.asnumpy().min()) == 1.0
+
+
+def test_conversion_embeddings_and_bare_parameter(mode):
+    class Emb(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(7, 4)
+            self.look = nn.EmbeddingLookup(7, 4, target="CPU")
+            self.custom = _Custom()
+
+        def construct(self, ids):
+            h = self.emb(ids) + self.look(ids)
+            return self.custom(h.mean(1))
+    net = Emb()
+    ids = Tensor(np.array([[1, 2, 2], [6, 0, 1]], np.int32))
+    _outputs_identical(net, ids)
+    assert isinstance(net.emb, EmbeddingThor)
+    assert isinstance(net.look, EmbeddingLookupThor)
+    assert isinstance(net.custom.fc, DenseThor)
+
+
+def test_bare_parameter_and_embedding_train(mode):
+    net = nn.SequentialCell([nn.Embedding(7, 4), nn.Flatten(), _Custom()])
+    net[2].fc = nn.Dense(12, 3)
+    opt = thor(net, LR, DAMP, 0.9, frequency=2)
+    from ms_optim import ThorTrainOneStepCell
+    step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+    ids = Tensor(np.array([[1, 2, 2], [6, 0, 1]], np.int32))
+    y = Tensor(np.array([0, 2], np.int32))
+    losses = [float(step(ids, y).asnumpy()) for _ in range(4)]
+    assert losses[-1] < losses[0]
+    assert opt._layer_kind == ("embed", "kron")
+    for p in net.trainable_params():
+        assert np.isfinite(p.asnumpy()).all()
+
+
+def test_layers_standalone():
+    layer = Conv2dThor(2, 4, (3, 1), pad_mode="valid")
+    assert layer(Tensor(np.ones((1, 2, 5, 5), np.float32))).shape == (1, 4, 3, 5)
+    with pytest.raises(ValueError, match="group"):
+        Conv2dThor(2, 4, 3, group=2)
+    assert DenseThor(3, 2)(Tensor(np.ones((2, 5, 3), np.float32))).shape == (2, 5, 2)
+
+
+def test_schedules_formulas():
+    lr = thor_lr_schedule(0, 0.1, 2.0, 4, 3, decay_epochs=2)
+    e = (np.arange(12) + 1) / 3
+    ref = 0.1 * (1 - e / 4) ** 2 * np.where(e >= 2, 0.5, 1) * np.where(e >= 3, 0.5, 1)
+    np.testing.assert_allclose(lr, ref, rtol=1e-6)
+    np.testing.assert_allclose(thor_lr_schedule(5, 0.1, 2.0, 4, 3, decay_epochs=2), ref[5:], rtol=1e-6)
+    d = thor_damping_schedule(0, 0.03, 0.5, 2, 10)
+    np.testing.assert_allclose(d, 0.03 * 0.5 ** (((np.arange(20) + 1) / 10) / 10), rtol=1e-6)
+    with pytest.raises(ValueError):
+        thor_lr_schedule(0, 0.1, 2.0, 4, 0)

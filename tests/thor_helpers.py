@@ -1,0 +1,94 @@
+"""Shared builders for the THOR tests: the same tiny nets in MindSpore and in the NumPy reference."""
+import numpy as np
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+
+def mlp_spec(rng, sizes=(6, 9, 4)):
+    return [
+        {"kind": "dense", "w": rng.standard_normal((sizes[1], sizes[0])) * 0.5,
+         "b": rng.standard_normal(sizes[1]) * 0.1},
+        {"kind": "relu"},
+        {"kind": "dense", "w": rng.standard_normal((sizes[2], sizes[1])) * 0.5,
+         "b": rng.standard_normal(sizes[2]) * 0.1},
+    ]
+
+
+def conv_spec(rng):
+    """Conv with a non-square kernel, explicit asymmetric padding, stride and dilation."""
+    return [
+        {"kind": "conv", "w": rng.standard_normal((3, 2, 3, 2)) * 0.4, "b": rng.standard_normal(3) * 0.1,
+         "stride": (1, 2), "pad": (1, 1, 2, 0), "dilation": (2, 1)},
+        {"kind": "relu"},
+        {"kind": "flatten"},
+        {"kind": "dense", "w": None, "b": rng.standard_normal(4) * 0.1},
+    ]
+
+
+def conv_input_shape():
+    return (2, 7, 6)
+
+
+def finish_conv_spec(spec, rng):
+    """Fill the Dense width from the conv geometry."""
+    c, h, w = conv_input_shape()
+    conv = spec[0]
+    _, _, kh, kw = conv["w"].shape
+    pt, pb, pl, pr = conv["pad"]
+    ho = (h + pt + pb - conv["dilation"][0] * (kh - 1) - 1) // conv["stride"][0] + 1
+    wo = (w + pl + pr - conv["dilation"][1] * (kw - 1) - 1) // conv["stride"][1] + 1
+    spec[3]["w"] = rng.standard_normal((4, 3 * ho * wo)) * 0.2
+    return spec
+
+
+def build_net(spec):
+    cells = []
+    for layer in spec:
+        k = layer["kind"]
+        if k == "dense":
+            out, inn = layer["w"].shape
+            cell = nn.Dense(inn, out, weight_init=Tensor(layer["w"].astype(np.float32)),
+                            bias_init=Tensor(layer["b"].astype(np.float32)), has_bias=True)
+        elif k == "conv":
+            out, c, kh, kw = layer["w"].shape
+            cell = nn.Conv2d(c, out, (kh, kw), stride=layer["stride"], pad_mode="pad",
+                             padding=layer["pad"], dilation=layer["dilation"], has_bias=True,
+                             weight_init=Tensor(layer["w"].astype(np.float32)),
+                             bias_init=Tensor(layer["b"].astype(np.float32)))
+        elif k == "relu":
+            cell = nn.ReLU()
+        else:
+            cell = nn.Flatten()
+        cells.append(cell)
+    return nn.SequentialCell(cells)
+
+
+def batches(rng, n_steps, batch, in_shape, classes=4):
+    return [(rng.standard_normal((batch,) + tuple(in_shape)),
+             rng.integers(0, classes, batch)) for _ in range(n_steps)]
+
+
+def loss_fn():
+    return nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+
+def to_ms(x, y):
+    return Tensor(x.astype(np.float32)), Tensor(y.astype(np.int32))
+
+
+def spec_params(spec):
+    """Reference parameters in the order of net.trainable_params() (weight, bias per layer)."""
+    out = []
+    for layer in spec:
+        if layer["kind"] in ("dense", "conv"):
+            out += [layer["w"], layer["b"]]
+    return out
+
+
+def snapshot(net):
+    return {p.name: p.asnumpy().copy() for p in net.get_parameters()}
+
+
+def structure(net):
+    return [(name, type(cell).__name__) for name, cell in net.cells_and_names()]
