@@ -26,7 +26,7 @@ def _net(width):
     return nn.SequentialCell(layers)
 
 
-def _time(make_opt, width, steps, batch):
+def _train_cell(make_opt, width, batch):
     ms.set_seed(0)
     net = _net(width)
     train = nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(
@@ -35,13 +35,19 @@ def _time(make_opt, width, steps, batch):
     y = Tensor(np.random.default_rng(1).integers(0, 10, batch).astype(np.int32))
     for _ in range(3):
         train(x, y).asnumpy()  # compile + warm-up
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        train(x, y).asnumpy()
-        times.append(time.perf_counter() - t0)
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
-    return statistics.median(times), n_params
+    return (lambda: train(x, y).asnumpy()), n_params
+
+
+def _time_interleaved(steps_fns, steps):
+    """Alternate the candidates step by step so that load changes hit all of them alike."""
+    times = [[] for _ in steps_fns]
+    for _ in range(steps):
+        for i, fn in enumerate(steps_fns):
+            t0 = time.perf_counter()
+            fn()
+            times[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def main():
@@ -60,8 +66,9 @@ def main():
         commit = "?"
     momentum = lambda net: nn.Momentum(net.trainable_params(), 0.1, 0.9, weight_decay=1e-4)  # noqa
     lars = lambda net: ms_optim.LARS(momentum(net), lars_filter=ms_optim.lars_filter_for(net))  # noqa
-    t_m, n = _time(momentum, args.width, args.steps, args.batch)
-    t_l, _ = _time(lars, args.width, args.steps, args.batch)
+    step_m, n = _train_cell(momentum, args.width, args.batch)
+    step_l, _ = _train_cell(lars, args.width, args.batch)
+    t_m, t_l = _time_interleaved([step_m, step_l], args.steps)
     print(f"device={args.device} mindspore={ms.__version__} ms_optim={ms_optim.__version__} "
           f"commit={commit} params={n} batch={args.batch} steps={args.steps}")
     print(f"{'optimizer':<18}{'median step (ms)':>18}")
