@@ -31,7 +31,7 @@ setup(
         "numpy>=1.20,<2",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.0"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "matplotlib>=3.5", "psutil>=5"],
         "docs": ["sphinx>=7,<9", "sphinx-mathjax-offline>=0.0.2"],
         "examples": ["scikit-learn>=1.0", "matplotlib>=3.5"],
     },
