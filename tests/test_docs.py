@@ -397,6 +397,13 @@ def test_zh_page_parity(name):
                                 f"in the zh page")
                 continue
             problems += parity_problems(f"ms_optim.{name}.{meth_name}", meth, lines, *found[0])
+        # The other direction: a zh method entry whose method was removed or made private is stale.
+        public = {meth_name for meth_name, _ in _public_methods(obj)}
+        for ln in lines:
+            m = re.match(r"^\s*\.\. py:method:: (\w+)\(", ln)
+            if m and m.group(1) not in public:
+                problems.append(f"ms_optim.{name}: the zh page documents '{m.group(1)}', which is "
+                                f"not a public method of the class (removed or renamed?)")
     assert not problems, "\n".join(problems)
 
 
@@ -462,6 +469,64 @@ def test_doctest_runner_reports_wrong_output():
 
     _, results, report = _run_doctests(wrong, "wrong")
     assert results.failed == 1 and "Expected:\n    3" in report
+
+
+# Guide pages (quick start, LARS page, ...): their ``>>>`` examples run here too, so that
+# ``make test`` catches a broken guide page, not only ``make -C docs doctest``. The English
+# pages run; the Chinese pages must carry the very same example lines and outputs.
+GUIDE_EN = os.path.join(DOCS, "source_en")
+GUIDE_ZH = os.path.join(DOCS, "source_zh_cn")
+
+
+def _guide_example_lines(path):
+    """The examples of a page as (source, expected output) pairs, in order."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    test = doctest.DocTestParser().get_doctest(text, {}, os.path.basename(path), path, 0)
+    return [(ex.source, ex.want) for ex in test.examples]
+
+
+GUIDE_PAGES = sorted(f for f in os.listdir(GUIDE_EN) if f.endswith(".rst")
+                     and _guide_example_lines(os.path.join(GUIDE_EN, f)))
+
+
+def test_guide_pages_with_examples_exist():
+    assert "quickstart.rst" in GUIDE_PAGES, GUIDE_PAGES
+
+
+@pytest.mark.parametrize("page", GUIDE_PAGES)
+def test_guide_page_examples_run(page):
+    from common_conf import doctest_global_setup  # the setup `make doctest` uses (CPU, seeds)
+
+    path = os.path.join(GUIDE_EN, page)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    old_mode = ms.get_context("mode")
+    globs = {"__name__": "__guide__"}
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.IGNORE_EXCEPTION_DETAIL
+                                   | doctest.DONT_ACCEPT_TRUE_FOR_1)
+    report = []
+    try:
+        exec(doctest_global_setup, globs)  # pylint: disable=exec-used
+        test = doctest.DocTestParser().get_doctest(text, globs, page, path, 0)
+        assert test.examples, f"{page}: no '>>>' example"
+        assert not [ex.source for ex in test.examples if ex.options.get(doctest.SKIP)], \
+            f"{page}: '+SKIP' in a guide page"
+        runner.run(test, out=report.append, clear_globs=True)
+    finally:
+        ms.set_context(mode=old_mode)
+    results = runner.summarize(verbose=False)
+    assert results.attempted > 0 and results.failed == 0, "".join(report)
+
+
+@pytest.mark.parametrize("page", GUIDE_PAGES)
+def test_guide_page_examples_zh_parity(page):
+    zh = os.path.join(GUIDE_ZH, page)
+    assert os.path.isfile(zh), f"docs/source_en/{page} has no Chinese counterpart"
+    en_ex, zh_ex = _guide_example_lines(os.path.join(GUIDE_EN, page)), _guide_example_lines(zh)
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(en_ex + [None] * len(zh_ex),
+                                                      zh_ex + [None] * len(en_ex))) if a != b]
+    assert not diff, f"{page}: the zh examples differ from the en ones, first: {diff[0]}"
 
 
 # ------------------------------------------------------------------------------------------
