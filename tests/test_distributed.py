@@ -452,27 +452,113 @@ def test_harness_kills_a_hanging_job():
 
 
 def test_scaling_doc_numbers_match_the_arithmetic():
-    """Every ResNet-50 number in docs/source_*/scaling.rst is what scaling_arithmetic.py computes."""
+    """Every ResNet-50 number in docs/source_*/scaling.rst is what scaling_arithmetic.py computes,
+    and what that script says THOR all-reduces is what ``ms_optim.thor`` hands its all-reduces."""
     sys.path.insert(0, os.path.join(REPO, "examples", "distributed"))
     import scaling_arithmetic as sa  # pylint: disable=import-outside-toplevel
 
-    rows = sa.layer_costs(sa.resnet50_layers())
+    def thor_collectives():
+        """Element counts of the all-reduces ``ms_optim.thor`` issues on a ResNet-50 refresh.
+
+        The 54 conv/FC layers of ``sa.resnet50_layers()`` (zero weights; no forward is needed)
+        go through ``ms_optim.thor`` with ``split_indices=sa.SPLIT`` and
+        ``distribute_inversion=True``; the all-reduce primitives are replaced by recorders and
+        the data-parallel seams are called with the optimizer's own statistics Parameters
+        (``_reduce_statistics``) and with the per-layer buffers ``_refresh`` shares
+        (``A^-1``, ``G^-1`` blocks, ok flag, ``T``). Returns the recorded sizes of each seam
+        and the per-layer statistic / inverse shapes.
+        """
+        from mindspore import Tensor, nn
+        import ms_optim
+
+        class Stack(nn.Cell):
+            def __init__(self):
+                super().__init__()
+                cells = []
+                for name, c_in, k, c_out, _ in sa.resnet50_layers():
+                    if name == "fc":
+                        cells.append(nn.Dense(c_in, c_out, weight_init="zeros"))
+                    else:
+                        cells.append(nn.Conv2d(c_in, c_out, k, weight_init="zeros"))
+                self.layers = nn.CellList(cells)
+
+        old_mode = ms.get_context("mode")
+        ms.set_context(mode=ms.PYNATIVE_MODE)
+        try:
+            opt = ms_optim.thor(Stack(), Tensor(np.float32(0.1)), Tensor(np.float32(0.03)), 0.9,
+                                split_indices=list(sa.SPLIT), distribute_inversion=True)
+            assert opt.n_layers == 54
+            calls = {"stats": [], "shared": []}
+            phase = ["stats"]
+
+            def recorder(x):
+                calls[phase[0]].append(int(np.prod(x.shape)))
+                return x
+
+            object.__setattr__(opt, "allreduce", [recorder] * 4)
+            object.__setattr__(opt, "_parallel", True)
+            stats = tuple(t for k in range(54) for t in (opt.stat_a[k], opt.stat_g[k]))
+            opt._reduce_statistics(stats)  # pylint: disable=protected-access
+            phase[0] = "shared"
+            one = Tensor(np.float32(1.0))
+            bufs = tuple(t for k in range(54) for t in (opt.a_inv[k], opt.g_inv[k], one, one))
+            opt._share_inverses(bufs)  # pylint: disable=protected-access
+            shapes = [(tuple(opt.stat_a[k].shape), tuple(opt.stat_g[k].shape),
+                       tuple(opt.a_inv[k].shape), tuple(opt.g_inv[k].shape)) for k in range(54)]
+            return calls["stats"], calls["shared"], shapes
+        finally:
+            ms.set_context(mode=old_mode)
+
+    layers = sa.resnet50_layers()
+    rows = sa.layer_costs(layers)
     assert len(rows) == 54
     assert sum(r["weights"] for r in rows) == 25_502_912  # ResNet-50 conv + FC weights
-    flops = sum(r["flops"] for r in rows)
-    expected = [f"{sum(r[k] for r in rows):,}" for k in ("stats", "inv", "flops")]
-    for r in rows:  # every table row: d_A, d_G and the per-layer values
-        expected += [f"{r['stats']:,}", f"{r['inv']:,}", f"{r['flops']:,}"]
-    params = sum(r["weights"] for r in rows) + 1000 + 53_120
-    expected.append(f"{params:,}")
-    for p in (8, 256):
+    tot = sa.totals(rows)
+    assert f"{tot['fwd_flops'] / 2e9:.2f}" == "4.09"  # the well-known 4.09 GMAC forward (224x224)
+    assert f"{tot['flops'] / 1e9:.3f}" == "1.347"
+
+    # the arithmetic's model of the collectives is the implementation's
+    stat_sizes, shared_sizes, shapes = thor_collectives()
+    assert stat_sizes == sa.bucket_floats(rows, sa.SPLIT)
+    assert sum(stat_sizes) == tot["blocks"]
+    assert sum(shared_sizes) == tot["blocks"] + sa.SHARED_SCALARS * 54
+    assert len(shared_sizes) == len(sa.SPLIT)
+    for r, (a, g, a_inv, g_inv) in zip(rows, shapes):
+        assert a == a_inv == (r["n_a"], r["s_a"], r["s_a"]), r["name"]
+        assert g == g_inv == (r["n_g"], r["s_g"], r["s_g"]), r["name"]
+
+    params = sa.parameter_count(layers, rows)
+    assert params == 25_502_912 + 1000 + 53_120
+    shared = tot["blocks"] + sa.SHARED_SCALARS * 54
+    expected = [f"{tot[k]:,}" for k in ("blocks", "full", "flops", "stat_flops",
+                                        "full_stat_flops", "fwd_flops")]
+    for r in rows:  # every table row: T and the per-layer values
+        expected += [f"{r['t']:,}", f"{r['blocks']:,}", f"{r['flops']:,}",
+                     f"{r['stat_flops']:,}"]
+    expected += [f"{params:,}", f"{shared:,}", f"{params * 4 / 1e6:.1f}",
+                 f"{tot['blocks'] * 4 / 1e6:.1f}", f"{tot['full'] * 4 / 1e6:.1f}",
+                 f"{shared * 4 / 1e6:.1f}", f"{tot['blocks'] / params:.2f}",
+                 f"{tot['blocks'] * 4 / 1e6 / 100:.2f}", f"{tot['blocks'] * 4 / 1e6 / 5:.1f}",
+                 f"{sum(r['n_a'] + r['n_g'] for r in rows)}",
+                 f"{sa.BATCH * tot['stat_flops'] / 1e9:.1f}",
+                 f"{sa.BATCH * tot['full_stat_flops'] / 1e9:,.1f}",
+                 f"{tot['full_stat_flops'] / tot['stat_flops']:.1f}",
+                 f"{sa.BATCH * tot['fwd_flops'] / 1e9:.1f}",
+                 f"{3 * sa.BATCH * tot['fwd_flops'] / 1e9:.0f}"]
+    expected += [f"{f:,}" for f in sa.bucket_floats(rows, sa.SPLIT)]
+    for p in sa.RANKS:
         ring = 2 * (p - 1) / p
-        for floats in (params, sum(r["stats"] for r in rows), sum(r["inv"] for r in rows)):
+        for floats in (params, tot["blocks"], shared):
             expected.append(f"{floats * 4 * ring / 1e6:,.1f}")
-        expected.append(f"{sa.greedy([r['flops'] for r in rows], p) / 1e9:.3f}")
-    assert f"{flops / 1e9:.3f}" == "1.347"
+        best = sa.greedy([r["flops"] for r in rows], p)
+        expected += [f"{best / 1e9:.3f}", f"{tot['flops'] / best:.1f}"]
+    expected.append(f"{sa.greedy(sa.block_flops(rows), 256) / 1e6:.1f}")
     for lang in ("source_en", "source_zh_cn"):
         with open(os.path.join(REPO, "docs", lang, "scaling.rst"), encoding="utf-8") as f:
             text = f.read()
         missing = sorted({e for e in expected if e not in text})
         assert not missing, f"{lang}/scaling.rst lacks {missing}"
+        # statements of the full-matrix all-reduce (before the block statistics) are gone
+        for stale in ("615.4 MB per", "6.0x", "6.0倍", "1,076.9", "1,226.0", "as implemented",
+                      "当前实现传输完整矩阵"):
+            assert stale not in text, f"{lang}/scaling.rst still says {stale!r}"
