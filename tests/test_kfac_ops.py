@@ -63,6 +63,58 @@ def test_damped_block_inverse(mode, dim):
             np.testing.assert_allclose(got[b, e:, e:], np.eye(s - e), atol=1e-6)
 
 
+@pytest.mark.parametrize("dim", [7, 128, 300])
+def test_statistic_diagonal_blocks(mode, dim):
+    """A_b, G_b computed from column groups == diagonal blocks of the full A, G (float64 reference
+    and the float32 full-matrix path), zero padding in the last block."""
+    rng = np.random.default_rng(dim)
+    p = rng.standard_normal((24, dim))
+    d = rng.standard_normal((24, dim))
+    a_ref, g_ref = thor_ref.factors(p, d, 6, 4)
+
+    def g_fn(x):
+        return kfac.output_grad_covariance_blocks(x, 6, 4, 128, 2.0)
+
+    def full_fn(x, y):
+        return (kfac.diagonal_blocks(kfac.input_covariance(x)),
+                kfac.diagonal_blocks(kfac.output_grad_covariance(y, 6, 4, 2.0)))
+    a_b = _run(kfac.input_covariance_blocks, p)
+    g_b = _Fn(g_fn)(Tensor((2.0 * d).astype(np.float32))).asnumpy()
+    np.testing.assert_allclose(a_b, thor_ref.diag_blocks(a_ref), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_b, thor_ref.diag_blocks(g_ref), rtol=1e-5, atol=1e-5)
+    a_full, g_full = _Fn(full_fn)(Tensor(p.astype(np.float32)), Tensor((2.0 * d).astype(np.float32)))
+    s = min(dim, 128)
+    nb = -(-dim // s)
+    mask = thor_ref.diag_blocks(np.ones((dim, dim))) > 0  # diagonal_blocks pads with I instead
+    assert a_b.shape == g_b.shape == (nb, s, s)
+    np.testing.assert_allclose(a_b[mask], a_full.asnumpy()[mask], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(g_b[mask], g_full.asnumpy()[mask], rtol=1e-6, atol=1e-6)
+    assert not a_b[~mask].any() and not g_b[~mask].any()
+
+
+@pytest.mark.parametrize("dim", [5, 128, 300])
+def test_damped_inverse_of_blocks_equals_full_path(mode, dim):
+    rng = np.random.default_rng(dim + 1)
+    m = _spd(dim, rng)
+    delta = 0.3
+
+    def blocks_fn(b, dl):
+        return kfac.damped_inverse_of_blocks(b, dim, dl)
+
+    got = _Fn(blocks_fn)(Tensor(thor_ref.diag_blocks(m).astype(np.float32)),
+                         Tensor(np.float32(delta))).asnumpy()
+    full = _Fn(kfac.damped_block_inverse)(Tensor(m.astype(np.float32)),
+                                          Tensor(np.float32(delta))).asnumpy()
+    np.testing.assert_allclose(got, full, rtol=1e-6, atol=1e-7)
+    ref = thor_ref.block_diag_inverse(m, delta)
+    mask = thor_ref.diag_blocks(np.ones((dim, dim))) > 0
+    np.testing.assert_allclose(got[mask], thor_ref.diag_blocks(ref)[mask], rtol=RTOL, atol=1e-5)
+    s = min(dim, 128)
+    pad = -(-dim // s) * s - dim
+    if pad:  # padding becomes an identity block
+        np.testing.assert_allclose(got[-1, s - pad:, s - pad:], np.eye(pad), atol=1e-7)
+
+
 @pytest.mark.parametrize("shape", [(7, 5), (130, 260)])
 def test_kron_precondition(mode, shape):
     rng = np.random.default_rng(1)

@@ -44,6 +44,20 @@ def test_matches_numpy_reference(mode, kind):
     assert not opt.fault_count.asnumpy().any()
 
 
+def test_multi_block_statistics_match_reference(mode):
+    """Widths 140 and 130 > 128: every factor is two diagonal blocks, collected as blocks only."""
+    rng = np.random.default_rng(8)
+    spec = H.mlp_spec(rng, sizes=(140, 130, 4))
+    data = H.batches(rng, 3, 8, (140,))
+    net, opt, losses = _train(spec, data, [0.1], [0.3])
+    assert net[0].matrix_a.shape == (2, 128, 128) and net[0].matrix_g.shape == (2, 128, 128)
+    ref_layers, ref_losses = thor_ref.run_thor(spec, data, [0.1], [0.3], 0.9, FREQ)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+    for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=RTOL, atol=1e-5, err_msg=got.name)
+    assert not opt.fault_count.asnumpy().any()
+
+
 def test_nesterov_matches_reference(mode):
     rng = np.random.default_rng(1)
     spec = H.mlp_spec(rng)
@@ -94,7 +108,8 @@ def test_stale_steps_collect_nothing(mode):
     for x, y in data:
         step(*H.to_ms(x, y))
         seen.append((net[0].matrix_a.asnumpy().copy(), opt.a_inv[0].asnumpy().copy()))
-    np.testing.assert_allclose(seen[0][0], data[0][0].T @ data[0][0] / 8, rtol=1e-4, atol=1e-6)
+    assert seen[0][0].shape == (1, 6, 6)  # the single diagonal block of A (6 <= 128)
+    np.testing.assert_allclose(seen[0][0][0], data[0][0].T @ data[0][0] / 8, rtol=1e-4, atol=1e-6)
     for i in (1, 2):  # stale: statistics and inverses untouched
         np.testing.assert_array_equal(seen[i][0], seen[0][0])
         np.testing.assert_array_equal(seen[i][1], seen[0][1])

@@ -14,9 +14,10 @@ import mindspore as ms
 from mindspore import ops
 
 __all__ = [
-    "BLOCK_SIZE", "input_covariance", "output_grad_covariance", "factored_damping",
-    "diagonal_blocks", "spd_block_inverse_cholesky", "inverse_from_upper_inverse",
-    "damped_block_inverse", "kron_precondition", "layernorm_precondition",
+    "BLOCK_SIZE", "input_covariance", "output_grad_covariance", "input_covariance_blocks",
+    "output_grad_covariance_blocks", "factored_damping", "diagonal_blocks",
+    "spd_block_inverse_cholesky", "inverse_from_upper_inverse", "damped_block_inverse",
+    "damped_inverse_of_blocks", "kron_precondition", "layernorm_precondition",
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
     "momentum_step",
 ]
@@ -64,6 +65,69 @@ def output_grad_covariance(dout, n, t, loss_scale=1.0):
     """
     d = dout / loss_scale
     return ops.matmul(d.T, d) * (n / t)
+
+
+def _column_blocks(x, block):
+    """``(R, d)`` -> ``(n_b, R, s)``: column groups of width ``s = min(d, block)``, zero-padded."""
+    rows, d = x.shape
+    s = min(d, block)
+    nb = (d + s - 1) // s
+    pad = nb * s - d
+    if pad > 0:
+        x = ops.pad(x, (0, pad))
+    if nb == 1:
+        return ops.reshape(x, (1, rows, s))
+    return ops.transpose(ops.reshape(x, (rows, nb, s)), (1, 0, 2))
+
+
+def input_covariance_blocks(patches, block=BLOCK_SIZE):
+    r"""Diagonal blocks of the input factor :math:`A`, computed without forming :math:`A`.
+
+    .. math::
+
+        A_b = \frac{1}{N T} P_b^\top P_b,\qquad
+        P_b = \tilde P_{[:,\; bs:(b+1)s]},\qquad \tilde P = (P \;\; 0_{NT \times p})
+
+    with :math:`s = \min(d_{in}, \text{block})`, :math:`n_b = \lceil d_{in}/s \rceil`,
+    :math:`p = n_b s - d_{in}`: :math:`A_b` is the :math:`b`-th diagonal block of
+    :func:`input_covariance` (the padding rows/columns of the last block are zero). Cost
+    :math:`2 NT d_{in} s` instead of :math:`2 NT d_{in}^2`.
+
+    Args:
+        patches (Tensor): :math:`P`, shape :math:`(N T, d_{in})`.
+        block (int): maximal block size. Default: ``128``.
+
+    Returns:
+        Tensor of shape :math:`(n_b, s, s)`.
+    """
+    p_b = _column_blocks(patches, block)
+    return ops.BatchMatMul(transpose_a=True)(p_b, p_b) / patches.shape[0]
+
+
+def output_grad_covariance_blocks(dout, n, t, block=BLOCK_SIZE, loss_scale=1.0):
+    r"""Diagonal blocks of the output-side factor :math:`G`, computed without forming :math:`G`.
+
+    .. math::
+
+        G_b = \frac{N}{T} D_b^\top D_b,\qquad D_b = \tilde D_{[:,\; bs:(b+1)s]},\qquad
+        \tilde D = \frac{1}{s_L}\,(\partial (s_L L)/\partial Y \;\; 0)
+
+    the :math:`b`-th diagonal block of :func:`output_grad_covariance` (:math:`s_L` the loss
+    scale; block size :math:`s = \min(d_{out}, \text{block})`, zero padding as in
+    :func:`input_covariance_blocks`).
+
+    Args:
+        dout (Tensor): :math:`s_L\,\partial L/\partial Y`, shape :math:`(N T, d_{out})`.
+        n (int): :math:`N`, samples in the minibatch.
+        t (int): :math:`T`, output locations per sample.
+        block (int): maximal block size. Default: ``128``.
+        loss_scale (Union[float, Tensor]): :math:`s_L`. Default: ``1.0``.
+
+    Returns:
+        Tensor of shape :math:`(n_b, s, s)`.
+    """
+    d_b = _column_blocks(dout / loss_scale, block)
+    return ops.BatchMatMul(transpose_a=True)(d_b, d_b) * (n / t)
 
 
 def factored_damping(damping, t):
@@ -175,6 +239,40 @@ def damped_block_inverse(m, delta, block=BLOCK_SIZE, spd_block_inverse=spd_block
     d = m.shape[0]
     m_hat = m + delta * ops.eye(d, d, m.dtype)
     return spd_block_inverse(diagonal_blocks(m_hat, block))
+
+
+def damped_inverse_of_blocks(blocks, d, delta, spd_block_inverse=spd_block_inverse_cholesky):
+    r"""Block-diagonal inverse of a damped Kronecker factor given only its diagonal blocks.
+
+    .. math::
+
+        \hat B_b = B_b + \operatorname{diag}(e_b),\qquad
+        e = (\underbrace{\delta,\dots,\delta}_{d},\underbrace{1,\dots,1}_{p}),\qquad
+        \hat M^{-1}_{bd} = \operatorname{blockdiag}\big(\hat B_0^{-1},\dots,\hat B_{n_b-1}^{-1}\big)
+
+    where :math:`B_b` are the diagonal blocks of :math:`M` (zero padding, as returned by
+    :func:`input_covariance_blocks`) and :math:`e_b` is the :math:`b`-th length-:math:`s` piece of
+    :math:`e`. The result equals :func:`damped_block_inverse` of the full :math:`M`: the padding
+    becomes an identity block.
+
+    Args:
+        blocks (Tensor): :math:`B_b`, shape :math:`(n_b, s, s)`, symmetric positive semi-definite.
+        d (int): :math:`d`, the size of :math:`M` (:math:`p = n_b s - d`).
+        delta (Tensor): :math:`\delta`, scalar.
+        spd_block_inverse (Callable): batch SPD inverse with the contract of
+            :func:`spd_block_inverse_cholesky`.
+
+    Returns:
+        Tensor :math:`(n_b, s, s)`.
+    """
+    nb, s = blocks.shape[0], blocks.shape[1]
+    pad = nb * s - d
+    e = delta * ops.ones(d, blocks.dtype)
+    if pad > 0:
+        e = ops.concat((e, ops.ones(pad, blocks.dtype)))
+    e = ops.reshape(e, (nb, s, 1))
+    eye = ops.eye(s, s, blocks.dtype)
+    return spd_block_inverse(blocks + e * eye)
 
 
 def kron_precondition(g_inv, grad, a_inv, t):

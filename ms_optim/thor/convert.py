@@ -195,6 +195,9 @@ class ConvertNetUtils:
 
         Returns:
             Cell, the same object, converted.
+
+        Raises:
+            TypeError: If `net` is not a Cell.
         """
         if not isinstance(net, nn.Cell):
             raise TypeError("For 'convert_to_thor_net', the argument 'net' must be Cell, "

@@ -4,11 +4,14 @@ Each layer computes exactly what its parent computes (same primitives, same Para
 its compile-time flag ``thor`` is True (a "refresh" step) it additionally stores, in
 non-trainable Parameters, the minibatch statistics THOR needs:
 
-* ``matrix_a``: the input factor (:func:`ms_optim.ops.kfac.input_covariance`; embedding: token
-  frequencies, :func:`ms_optim.ops.kfac.embedding_input_statistic`), from the forward pass;
-* ``matrix_g``: the output-gradient factor (:func:`ms_optim.ops.kfac.output_grad_covariance`
-  with :math:`s = 1`; the optimizer removes the loss scale), from ``ops.InsertGradientOf`` on the
-  layer output (before bias and activation);
+* ``matrix_a``: the input factor; Dense/Conv2d: only its diagonal 128-blocks, shape
+  :math:`(n_b, s, s)` (:func:`ms_optim.ops.kfac.input_covariance_blocks`, all THOR inverts);
+  embedding: token frequencies (:func:`ms_optim.ops.kfac.embedding_input_statistic`); from the
+  forward pass;
+* ``matrix_g``: the output-gradient factor (Dense/Conv2d: its diagonal 128-blocks,
+  :func:`ms_optim.ops.kfac.output_grad_covariance_blocks`; embedding: the full
+  :func:`ms_optim.ops.kfac.output_grad_covariance`; loss scale left in, the optimizer removes
+  it), from ``ops.InsertGradientOf`` on the layer output (before bias and activation);
 * ``thor_t``: :math:`T`, the output locations per sample of that refresh.
 
 Every forward also records ``thor_n`` (:math:`N`, the batch actually seen). When ``thor`` is
@@ -26,11 +29,19 @@ from ..ops import kfac
 __all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "THOR_LAYERS"]
 
 
+def _block_shape(d):
+    """Shape of the diagonal-block statistic of a ``d x d`` factor: ``(n_b, s, s)``."""
+    s = min(d, kfac.BLOCK_SIZE)
+    return ((d + s - 1) // s, s, s)
+
+
 class _StatsMixin:
     """Statistic Parameters shared by all THOR layers."""
 
-    def _init_stats(self, a_shape, g_shape):
+    def _init_stats(self, a_shape, g_shape, dims=None):
         self.thor = True
+        #: (d_in, d_out) of a Kronecker-factored layer whose statistics are diagonal blocks
+        self.thor_dims = dims
         self.matrix_a = Parameter(Tensor(np.zeros(a_shape, np.float32)), name="matrix_a",
                                   requires_grad=False)
         self.matrix_g = Parameter(Tensor(np.zeros(g_shape, np.float32)), name="matrix_g",
@@ -40,9 +51,13 @@ class _StatsMixin:
         self.get_g = ops.InsertGradientOf(self._save_gradient)
 
     def _store_g(self, dout_rows, n, t):
-        """Store G = (N/T) D^T D (loss scale left in; removed by the optimizer)."""
+        """Store G = (N/T) D^T D, only its diagonal 128-blocks for Dense/Conv2d (loss scale left
+        in; removed by the optimizer)."""
         d = ops.cast(dout_rows, ms.float32)
-        g = kfac.output_grad_covariance(d, n, t)
+        if self.thor_dims is None:
+            g = kfac.output_grad_covariance(d, n, t)
+        else:
+            g = kfac.output_grad_covariance_blocks(d, n, t)
         g = ops.depend(g, ops.assign(self.thor_t, Tensor(float(t), ms.float32)))
         return ops.assign(self.matrix_g, g)
 
@@ -52,10 +67,13 @@ class DenseThor(nn.Dense, _StatsMixin):
 
     .. math::
 
-        A = \frac{1}{N} X^\top X,\qquad G = N\, D^\top D
+        A_b = \frac{1}{N} X_b^\top X_b,\qquad G_b = N\, D_b^\top D_b
 
-    with :math:`X` the input rows (inputs of rank > 2 are flattened to rows, :math:`N` = rows) and
-    :math:`D` the loss-scaled gradient of the output (before bias and activation).
+    the diagonal 128-blocks of :math:`A = \frac{1}{N} X^\top X` and :math:`G = N D^\top D`, with
+    :math:`X` the input rows (inputs of rank > 2 are flattened to rows, :math:`N` = rows),
+    :math:`D` the loss-scaled gradient of the output (before bias and activation) and
+    :math:`X_b`, :math:`D_b` their column groups :math:`[bs, (b+1)s)`, :math:`s = \min(d, 128)`
+    (the last group zero-padded). ``matrix_a`` has shape :math:`(n_b, s, s)`.
 
     Args:
         in_channels (int): input width.
@@ -86,7 +104,9 @@ class DenseThor(nn.Dense, _StatsMixin):
         >>> layer = DenseThor(3, 2)
         >>> layer(ms.Tensor(np.ones((4, 3), np.float32))).shape
         (4, 2)
-        >>> layer.matrix_a.asnumpy()[0, 0]  # mean of x**2 over the batch
+        >>> layer.matrix_a.shape  # one diagonal block of A (3 <= 128)
+        (1, 3, 3)
+        >>> layer.matrix_a.asnumpy()[0, 0, 0]  # mean of x**2 over the batch
         1.0
     """
 
@@ -94,7 +114,8 @@ class DenseThor(nn.Dense, _StatsMixin):
                  has_bias=True, activation=None):
         super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
                          has_bias=has_bias, activation=activation)
-        self._init_stats((in_channels, in_channels), (out_channels, out_channels))
+        self._init_stats(_block_shape(in_channels), _block_shape(out_channels),
+                         (in_channels, out_channels))
 
     def _save_gradient(self, dout):
         """Backward hook: store G from the output gradient; the gradient passes unchanged."""
@@ -107,7 +128,7 @@ class DenseThor(nn.Dense, _StatsMixin):
         n_rows = x.shape[0]
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(n_rows), ms.float32)))
         if self.thor:
-            a = kfac.input_covariance(ops.cast(x, ms.float32))
+            a = kfac.input_covariance_blocks(ops.cast(x, ms.float32))
             x = ops.depend(x, ops.assign(self.matrix_a, a))
             x = self.matmul(x, self.weight)
             x = self.get_g(x)
@@ -127,7 +148,12 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
 
     .. math::
 
-        A = \frac{1}{N T} P^\top P,\qquad G = \frac{N}{T} D^\top D,\qquad T = H_{out} W_{out}
+        A_b = \frac{1}{N T} P_b^\top P_b,\qquad G_b = \frac{N}{T} D_b^\top D_b,\qquad
+        T = H_{out} W_{out}
+
+    the diagonal 128-blocks of :math:`A = \frac{1}{NT} P^\top P` and
+    :math:`G = \frac{N}{T} D^\top D` (:math:`P_b`, :math:`D_b`: column groups
+    :math:`[bs, (b+1)s)`, :math:`s = \min(d, 128)`, the last one zero-padded).
 
     :math:`P` are the im2col patches of the input, taken with the layer's own ``pad_mode``,
     ``padding``, ``stride``, ``dilation`` and (possibly non-square) kernel, one row per sample and
@@ -135,8 +161,8 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     :math:`D` the loss-scaled output gradient (before the bias), one row per sample and location.
 
     Note:
-        Only ``group=1`` and ``data_format='NCHW'`` collect statistics (conversion leaves grouped
-        convolutions unconverted and says so in the log).
+        Only ``group=1`` is supported (``ValueError`` otherwise); the conversion leaves grouped
+        convolutions unconverted and says so in the log.
 
     Args:
         in_channels (int): input channels.
@@ -170,8 +196,8 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         >>> layer = Conv2dThor(2, 4, (3, 1), pad_mode='valid')
         >>> layer(ms.Tensor(np.ones((1, 2, 5, 5), np.float32))).shape
         (1, 4, 3, 5)
-        >>> layer.matrix_a.shape
-        (6, 6)
+        >>> layer.matrix_a.shape  # d_in = 2*3*1 = 6: one 6x6 diagonal block
+        (1, 6, 6)
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode='same',
@@ -184,7 +210,7 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
                          weight_init=weight_init, bias_init=bias_init)
         kh, kw = self.kernel_size
         d_in = in_channels * kh * kw
-        self._init_stats((d_in, d_in), (out_channels, out_channels))
+        self._init_stats(_block_shape(d_in), _block_shape(out_channels), (d_in, out_channels))
         kernel = np.zeros((d_in, 1, kh, kw), np.float32)
         for c in range(in_channels):
             for i in range(kh):
@@ -208,7 +234,7 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
             p = self.im2col(ops.cast(x, ms.float32), self.patch_kernel)
             n, d, h, w = p.shape
             p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
-            x = ops.depend(x, ops.assign(self.matrix_a, kfac.input_covariance(p)))
+            x = ops.depend(x, ops.assign(self.matrix_a, kfac.input_covariance_blocks(p)))
             out = self.conv2d(x, self.weight)
             out = self.get_g(out)
         else:

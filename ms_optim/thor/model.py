@@ -54,7 +54,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         >>> import mindspore as ms
         >>> from mindspore import nn
         >>> from ms_optim import thor, ThorTrainOneStepCell
-        >>> net = nn.Dense(3, 2)
+        >>> net = nn.SequentialCell([nn.Dense(3, 2)])  # the Dense becomes a DenseThor
         >>> opt = thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.1, ms.float32), 0.9, frequency=3)
         >>> step = ThorTrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), opt)
         >>> x, y = ms.Tensor(np.ones((4, 3), np.float32)), ms.Tensor(np.zeros((4, 2), np.float32))

@@ -85,6 +85,28 @@ def _buckets(split_indices, n_layers):
     return out
 
 
+def _bucket_plan(bucket_of_layer, stride):
+    """Packing plan of a per-layer flattened tuple (entry ``i`` is of layer ``i // stride``).
+
+    Returns ``(plan, pos)``: ``plan`` lists ``(bucket, entry indices)`` for the non-empty buckets in
+    bucket order; ``pos[i] = (slot in plan, place in that slot)``.
+    """
+    plan, pos = [], {}
+    for b in sorted(set(bucket_of_layer)):
+        idx = tuple(i for i in range(stride * len(bucket_of_layer)) if bucket_of_layer[i // stride] == b)
+        for j, i in enumerate(idx):
+            pos[i] = (len(plan), j)
+        plan.append((b, idx))
+    return tuple(plan), tuple(pos[i] for i in range(len(pos)))
+
+
+def _numel(shape):
+    n = 1
+    for d in shape:
+        n = n * d
+    return n
+
+
 def _assign_owners(costs, group_size):
     """Cost-balanced (greedy, largest first) assignment of layers to ranks; deterministic."""
     load = [0.0] * group_size
@@ -166,10 +188,14 @@ class ThorOptimizer(nn.Optimizer):
         self.stat_t = ParameterTuple([c.thor_t for c in layers])
         self.stat_n = ParameterTuple([layers[0].thor_n] if layers else [])
 
-        a_inv, g_inv, t_keep, costs = [], [], [], []
+        a_inv, g_inv, t_keep, costs, dims = [], [], [], [], []
         for k, cell in enumerate(layers):
             wname = self._parameters[widx[k]].name
-            d_a, d_g = cell.matrix_a.shape[0], cell.matrix_g.shape[0]
+            if kinds[k] == "kron":
+                d_a, d_g = cell.thor_dims
+            else:
+                d_a, d_g = cell.matrix_a.shape[0], cell.matrix_g.shape[0]
+            dims.append((d_a, d_g))
             if kinds[k] == "kron":
                 a0 = _identity_blocks(d_a, kfac.BLOCK_SIZE)
                 g0 = _identity_blocks(d_g, kfac.BLOCK_SIZE)
@@ -182,6 +208,7 @@ class ThorOptimizer(nn.Optimizer):
             g_inv.append(Parameter(Tensor(g0), name=f"thor_g_inv.{wname}", requires_grad=False))
             t_keep.append(Parameter(Tensor(1.0, ms.float32), name=f"thor_t.{wname}",
                                     requires_grad=False))
+        self._dims = tuple(dims)
         self.a_inv = ParameterTuple(a_inv)
         self.g_inv = ParameterTuple(g_inv)
         self.t_keep = ParameterTuple(t_keep)
@@ -191,6 +218,9 @@ class ThorOptimizer(nn.Optimizer):
         # --- data parallel seam ---------------------------------------------------------------
         self.split_indices = split_indices
         self._bucket = tuple(_buckets(split_indices, self.n_layers))
+        self._n_buckets = (max(self._bucket) + 1) if self._bucket else 1
+        self._stat_plan, self._stat_pos = _bucket_plan(self._bucket, 2)
+        self._share_plan, self._share_pos = _bucket_plan(self._bucket, 4)
         self.distribute_inversion = distribute_inversion
         self._parallel = ms.get_auto_parallel_context("parallel_mode") in (
             ms.ParallelMode.DATA_PARALLEL, "data_parallel")
@@ -200,28 +230,52 @@ class ThorOptimizer(nn.Optimizer):
             from mindspore.communication import get_group_size, get_rank
             self.group_size = get_group_size()
             self.rank = get_rank()
-            n_b = len(split_indices) + 1
-            self.allreduce = [ops.AllReduce().add_prim_attr("fusion", b + 1) for b in range(n_b)]
+            # One all-reduce per bucket; the bucket's tensors are packed into it explicitly
+            # (``_allreduce_buckets``), so no backend fusion pass is relied upon: fusion id 0.
+            self.allreduce = [ops.AllReduce().add_prim_attr("fusion", 0)
+                              for _ in range(self._n_buckets)]
         self._owner = tuple(_assign_owners(costs, self.group_size)) if distribute_inversion \
             else tuple(0 for _ in costs)
 
     # ----------------------------------------------------------------------------------------
     # Data-parallel seam: identity in stand-alone mode.
+    #
+    # Collective order. Ranks may compile different graphs (``distribute_inversion``: each rank
+    # inverts only its layers), so the order of the collectives must not be left to each rank's
+    # scheduler. It is fixed by data dependencies: every reduced gradient -> statistics bucket 0
+    # -> bucket 1 -> ... -> inverse-sharing bucket 0 -> bucket 1 -> ...; each all-reduce's input
+    # depends on the previous all-reduce's output, and every output of a phase depends on the
+    # phase's last all-reduce. Each bucket is one all-reduce of its tensors packed end to end.
     # ----------------------------------------------------------------------------------------
-    def _allreduce_sum(self, tensors):
-        """Sum over ranks, one fusion bucket per ``split_indices`` group (identity when single)."""
+    def _allreduce_buckets(self, tensors, plan, pos):
+        """Sum over ranks, one all-reduce per bucket of ``plan`` (:func:`_bucket_plan`), chained."""
         if not self._parallel:
             return tensors
+        slots = ()
+        prev = None
+        for b, idx in plan:
+            flat = ()
+            sizes = ()
+            for i in idx:
+                flat = flat + (ops.reshape(tensors[i], (-1,)),)
+                sizes = sizes + (_numel(tensors[i].shape),)
+            packed = ops.concat(flat) if len(flat) > 1 else flat[0]
+            if prev is not None:
+                packed = ops.depend(packed, prev)
+            summed = self.allreduce[b](packed)
+            prev = summed
+            slots = slots + ((ops.split(summed, sizes) if len(sizes) > 1 else (summed,)),)
         out = ()
-        for k in range(len(tensors)):
-            out = out + (self.allreduce[self._bucket[k % max(self.n_layers, 1)]](tensors[k]),)
+        for i in range(len(tensors)):
+            slot, j = pos[i]
+            out = out + (ops.depend(ops.reshape(slots[slot][j], tensors[i].shape), prev),)
         return out
 
     def _reduce_statistics(self, stats):
-        """Mean of the statistics (A, G) over the data-parallel ranks; refresh steps only."""
+        """Mean of the statistics ``(A_0, G_0, A_1, G_1, ...)`` over the data-parallel ranks."""
         if not self._parallel:
             return stats
-        summed = self._allreduce_sum(stats)
+        summed = self._allreduce_buckets(stats, self._stat_plan, self._stat_pos)
         return tuple(s / self.group_size for s in summed)
 
     def _owns(self, k):
@@ -229,10 +283,11 @@ class ThorOptimizer(nn.Optimizer):
         return (not self.distribute_inversion) or self._owner[k] == self.rank
 
     def _share_inverses(self, tensors):
-        """Make every rank hold every inverse: zero-filled buffers are summed over ranks."""
+        """Every rank gets every inverse: the per-layer buffers ``(A^-1, G^-1, ok, T)``, zero on
+        the ranks that do not own the layer, are summed over the ranks."""
         if not (self._parallel and self.distribute_inversion):
             return tensors
-        return self._allreduce_sum(tensors)
+        return self._allreduce_buckets(tensors, self._share_plan, self._share_pos)
 
     # ----------------------------------------------------------------------------------------
     def _invert_layer(self, k, a, g, lam):
@@ -245,10 +300,11 @@ class ThorOptimizer(nn.Optimizer):
         else:
             delta = ops.sqrt(lam)
             block = g.shape[0]
-        scale = ops.maximum(ops.diagonal(g).max(), 0.0)
+        # kron: a and g are (n_b, s, s) diagonal blocks; embed: g is (E, E)
+        scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
         if self._layer_kind[k] == "kron":
-            scale = ops.maximum(scale, ops.diagonal(a).max())
-        tol = min(block, g.shape[0]) * _F32_EPS
+            scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
+        tol = g.shape[-1] * _F32_EPS
         ok = ops.logical_and(finite, delta > tol * scale)
         if self._layer_kind[k] == "embed":
             ok = ops.logical_and(ok, delta > 0)
@@ -258,8 +314,11 @@ class ThorOptimizer(nn.Optimizer):
         a_safe = ops.where(ok, a, zero)
         g_safe = ops.where(ok, g, zero)
         if self._layer_kind[k] == "kron":
-            a_new = kfac.damped_block_inverse(a_safe, safe_delta, block, self.kernels.spd_block_inverse)
-            g_new = kfac.damped_block_inverse(g_safe, safe_delta, block, self.kernels.spd_block_inverse)
+            d_a, d_g = self._dims[k]
+            a_new = kfac.damped_inverse_of_blocks(a_safe, d_a, safe_delta,
+                                                  self.kernels.spd_block_inverse)
+            g_new = kfac.damped_inverse_of_blocks(g_safe, d_g, safe_delta,
+                                                  self.kernels.spd_block_inverse)
         else:
             a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
             g_new = kfac.damped_block_inverse(g_safe, safe_delta, block,
@@ -285,10 +344,12 @@ class ThorOptimizer(nn.Optimizer):
                 a_new, g_new, okf = self._invert_layer(k, a, g, lam)
                 tk = ops.depend(self.stat_t[k], a) * okf
             else:
-                a_new = ops.zeros(self.a_inv[k].shape, ms.float32)
-                g_new = ops.zeros(self.g_inv[k].shape, ms.float32)
-                okf = ops.zeros((), ms.float32)
-                tk = ops.zeros((), ms.float32)
+                # not constants: the sharing all-reduce must not be scheduled before the
+                # statistics all-reduces (see the collective order above)
+                a_new = ops.depend(ops.zeros(self.a_inv[k].shape, ms.float32), a)
+                g_new = ops.depend(ops.zeros(self.g_inv[k].shape, ms.float32), a)
+                okf = ops.depend(ops.zeros((), ms.float32), a)
+                tk = ops.depend(ops.zeros((), ms.float32), a)
             bufs = bufs + (a_new, g_new, okf, tk)
         bufs = self._share_inverses(bufs)
         a_out, g_out, t_out, bad = (), (), (), ()
@@ -329,6 +390,8 @@ class ThorOptimizer(nn.Optimizer):
             n_batch = ops.depend(self.stat_n[0], gradients)
         else:
             n_batch = Tensor(float(self.batch_size), ms.float32)
+        # data parallel: the rule uses the global batch (equal per-rank batches)
+        n_batch = n_batch * self.group_size
         success = True
         for i in range(len(params)):
             grad = ops.cast(gradients[i], ms.float32)
@@ -387,7 +450,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
 
     :math:`P`: layer inputs / im2col patches; :math:`D = \frac{1}{s}\partial(sL)/\partial Y`: output
     gradients of the mean loss :math:`L` with the loss scale :math:`s` removed; :math:`N`: samples
-    in the step's minibatch; :math:`T`: output locations per sample (1 for Dense,
+    in the step's minibatch (for the LayerNorm rule: the rows seen by the first converted layer,
+    e.g. :math:`B S` for a Dense applied to :math:`(B, S, H)` inputs, times the number of
+    data-parallel ranks); :math:`T`: output locations per sample (1 for Dense,
     :math:`H_{out}W_{out}` for Conv2d, ids per sample for embeddings); :math:`\lambda_t` =
     ``damping[t]``, :math:`lr_t` = ``learning_rate[t]`` (0-D: constant; past the end the last
     value holds); :math:`\mu` = `momentum`; :math:`wd` = `weight_decay`. The damping is split as
@@ -406,8 +471,17 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
           Dynamic loss scaling is not supported.
         - Grouped convolutions are left unconverted (plain gradient), with a log message.
-        - Data parallel: the statistics A and G (not the inverses) are averaged over the ranks on
-          refresh steps, in fusion buckets given by `split_indices`.
+        - Dense/Conv2d layers collect, reduce and invert only the diagonal 128-blocks of
+          :math:`A` and :math:`G` (:func:`ms_optim.ops.kfac.input_covariance_blocks`); the full
+          matrices are never formed (same result as forming them).
+        - Data parallel (``ParallelMode.DATA_PARALLEL`` with ``gradients_mean=True``, equal
+          batches on every rank): on refresh steps the statistics A and G (not the inverses) are
+          averaged over the ranks, one all-reduce per `split_indices` bucket (the bucket's tensors
+          packed into one buffer); the result equals one process on the global batch. :math:`N`
+          of the LayerNorm rule is the global batch (per-rank batch times the number of ranks).
+          The collectives are chained by data dependencies (gradients, then statistics buckets
+          in order, then inverse-sharing buckets in order), so every rank runs them in the same
+          order even when the ranks' graphs differ (`distribute_inversion`).
 
     Args:
         net (Cell): the network; converted in place after all arguments are validated.
@@ -416,14 +490,16 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         momentum (float): :math:`\mu \ge 0`.
         weight_decay (Union[float, int]): :math:`wd \ge 0`. Default: ``0.0``.
         loss_scale (float): static loss scale :math:`s > 0`. Default: ``1.0``.
-        batch_size (int): used as :math:`N` only for LayerNorm rules of a network that has no
-            converted layer (otherwise :math:`N` is read from the batch). Default: ``32``.
+        batch_size (int): per-rank batch, used as :math:`N` (times the number of data-parallel
+            ranks) only for LayerNorm rules of a network that has no converted layer (otherwise
+            :math:`N` is read from the batch). Default: ``32``.
         use_nesterov (bool): Nesterov momentum. Default: ``False``.
         decay_filter (Callable): ``decay_filter(param) -> bool``, parameters to decay.
             Default: ``lambda x: x.name not in []`` (all).
-        split_indices (list[int]): fusion-bucket ends for the data-parallel all-reduce of the
-            statistics; ``[26, 53]`` makes layers 0-26 and 27-53 two buckets. Default: ``None``
-            (one bucket).
+        split_indices (list[int]): bucket ends (indices of preconditioned layers, in network
+            order) for the data-parallel all-reduce of the statistics and of the shared inverses:
+            ``[26, 53]`` makes layers 0-26 and 27-53 two buckets, each reduced by one all-reduce;
+            layers after the last index form one more bucket. Default: ``None`` (one bucket).
         enable_clip_grad (bool): clip each preconditioned gradient to norm 1. Default: ``False``.
         frequency (int): :math:`F \ge 2`, steps between refreshes. Default: ``100``.
         backend (str): keyword-only; ``"auto"``, ``"ascend"`` or ``"portable"``. Default:
@@ -455,6 +531,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         ValueError: If `learning_rate` or `damping` is not 0-D/1-D, empty, negative or not finite.
         ValueError: If `split_indices` is not strictly increasing within the preconditioned
             layers.
+        TypeError: If `backend` is not a str.
         ValueError: If `net` has no trainable parameter, or `backend` is invalid.
 
     Supported Platforms:

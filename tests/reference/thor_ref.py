@@ -131,6 +131,18 @@ def block_diag_inverse(m, delta, block=BLOCK):
     return out
 
 
+def diag_blocks(m, block=BLOCK):
+    """The diagonal blocks of M, (n_b, s, s) with s = min(d, block), last block zero-padded."""
+    dim = m.shape[0]
+    s = min(dim, block)
+    nb = -(-dim // s)
+    out = np.zeros((nb, s, s))
+    for b in range(nb):
+        e = min((b + 1) * s, dim)
+        out[b, :e - b * s, :e - b * s] = m[b * s:e, b * s:e]
+    return out
+
+
 def precondition(g_inv, grad, a_inv, t):
     """(1/T) G^-1 dW A^-1 on the (out, in*kh*kw) matrix view."""
     shape = grad.shape
