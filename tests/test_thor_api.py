@@ -59,6 +59,10 @@ BAD = [
     (dict(enable_clip_grad=1), TypeError, "'enable_clip_grad' must be bool"),
     (dict(backend="tpu"), ValueError, "'backend'"),
     (dict(distribute_inversion="yes"), TypeError, "'distribute_inversion' must be bool"),
+    (dict(backend=1), TypeError, "'backend'"),
+    (dict(thor_filter="conv"), TypeError, "'thor_filter' must be callable"),
+    (dict(net=nn.Dense(3, 2)), ValueError, "itself a Dense"),
+    (dict(net=nn.Conv2d(1, 2, 3)), ValueError, "itself a Conv2d"),
 ]
 
 
@@ -162,3 +166,66 @@ def test_schedules_formulas():
     np.testing.assert_allclose(d, 0.03 * 0.5 ** (((np.arange(20) + 1) / 10) / 10), rtol=1e-6)
     with pytest.raises(ValueError):
         thor_lr_schedule(0, 0.1, 2.0, 4, 0)
+
+
+def test_thor_filter_is_honoured(caplog):
+    net = _net()
+    opt = thor(net, LR, DAMP, 0.9, thor_filter=lambda name, cell: isinstance(cell, nn.Dense))
+    assert isinstance(net[2], DenseThor) and not isinstance(net[0], Conv2dThor)
+    assert opt.n_layers == 1
+    net2 = _net()
+    with caplog.at_level("WARNING", logger="ms_optim"):
+        opt2 = thor(net2, LR, DAMP, 0.9, thor_filter=lambda name, cell: False)
+    assert opt2.n_layers == 0 and type(net2[2]) is nn.Dense  # pylint: disable=unidiomatic-typecheck
+    assert "no layer THOR can precondition" in caplog.text
+
+
+def test_root_layer_wrapped_is_converted():
+    net = nn.SequentialCell([nn.Dense(3, 2)])
+    assert thor(net, LR, DAMP, 0.9).n_layers == 1
+
+
+SCHEDULE_BAD = [
+    (thor_lr_schedule, (0, "0.1", 2.0, 4, 3), TypeError, "'lr_init' must be int or float"),
+    (thor_lr_schedule, (0, 0.1, None, 4, 3), TypeError, "'decay' must be int or float"),
+    (thor_lr_schedule, (0, 0.1, 2.0, "4", 3), TypeError, "'total_epochs' must be int or float"),
+    (thor_lr_schedule, (0, 0.1, 2.0, 4, 3, "2"), TypeError, "'decay_epochs' must be int or float"),
+    (thor_lr_schedule, (0, -0.1, 2.0, 4, 3), ValueError, "'lr_init'"),
+    (thor_lr_schedule, (0, float("nan"), 2.0, 4, 3), ValueError, "'lr_init'"),
+    (thor_lr_schedule, (0, 0.1, -1.0, 4, 3), ValueError, "'decay'"),
+    (thor_lr_schedule, (0, 0.1, 2.0, 4, 3, -1), ValueError, "'decay_epochs'"),
+    (thor_lr_schedule, (0, 0.1, 2.0, float("inf"), 3), ValueError, "'total_epochs'"),
+    (thor_lr_schedule, (12, 0.1, 2.0, 4, 3), ValueError, "'global_step' must be < "),
+    (thor_lr_schedule, (0, 0.1, 2.0, 0.2, 3), ValueError, "'global_step' must be < "),
+    (thor_damping_schedule, (0, "0.03", 0.5, 2, 10), TypeError, "'damping_init' must be int or float"),
+    (thor_damping_schedule, (0, 0.03, True, 2, 10), TypeError, "'decay_rate' must be int or float"),
+    (thor_damping_schedule, (0, -0.03, 0.5, 2, 10), ValueError, "'damping_init'"),
+    (thor_damping_schedule, (0, 0.03, 0.0, 2, 10), ValueError, "'decay_rate'"),
+    (thor_damping_schedule, (20, 0.03, 0.5, 2, 10), ValueError, "'global_step' must be < "),
+    (thor_damping_schedule, (0, 0.03, 0.5, 2, 2.0), TypeError, "'steps_per_epoch' must be int"),
+]
+
+
+@pytest.mark.parametrize("fn,args,err,msg", SCHEDULE_BAD, ids=[str(i) for i in range(len(SCHEDULE_BAD))])
+def test_schedule_validation(fn, args, err, msg):
+    with pytest.raises(err, match=msg):
+        fn(*args)
+
+
+def test_schedule_last_step_and_int_arguments():
+    # the last valid global_step returns exactly one value; ints are accepted for float arguments
+    last = thor_lr_schedule(11, 1, 2, 4, 3, decay_epochs=2)
+    assert last.shape == (1,) and last[0] == 0.0
+    d = thor_damping_schedule(19, 3, 1, 2, 10)
+    np.testing.assert_array_equal(d, np.array([3.0], np.float32))
+
+
+@pytest.mark.parametrize("bad_opt", ["x", None])
+def test_train_step_cell_rejects_non_thor_optimizer(bad_opt):
+    from ms_optim import ThorTrainOneStepCell
+    net = nn.SequentialCell([nn.Dense(3, 2)])
+    with pytest.raises(TypeError, match="'optimizer' must be the optimizer returned by ms_optim.thor"):
+        ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), bad_opt)
+    momentum = nn.Momentum(net.trainable_params(), 0.1, 0.9)
+    with pytest.raises(TypeError, match="returned by ms_optim.thor, but got Momentum"):
+        ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), momentum)

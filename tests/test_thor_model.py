@@ -87,6 +87,36 @@ def test_convert_model_rejects_dynamic_loss_scale():
     assert ConvertModelUtils.convert_to_thor_model(model, net, loss, other) is model
 
 
+def test_convert_model_rejects_drop_overflow_and_bad_keep_bn():
+    net, opt, _, _ = build_run()
+    loss = H.loss_fn()
+    model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
+    with pytest.raises(ValueError, match="drop_overflow_update=False"):
+        ConvertModelUtils.convert_to_thor_model(
+            model, net, loss, opt, loss_scale_manager=ms.FixedLossScaleManager(1.0))
+    fixed = ConvertModelUtils.convert_to_thor_model(
+        model, net, loss, opt,
+        loss_scale_manager=ms.FixedLossScaleManager(1.0, drop_overflow_update=False))
+    assert type(fixed).__name__ == "ThorModel"
+    with pytest.raises(TypeError, match="'keep_batchnorm_fp32' must be bool"):
+        ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, keep_batchnorm_fp32=1)
+
+
+@pytest.mark.parametrize("amp_level,keep_bn,expected", [
+    ("O2", True, "O2"), ("O2", False, "O3"), ("O3", True, "O2"), ("O3", False, "O3"),
+    ("O1", True, "O1"), ("O0", True, None)])
+def test_convert_model_keep_batchnorm_fp32_selects_amp_level(monkeypatch, amp_level, keep_bn, expected):
+    from mindspore import amp
+    calls = []
+    monkeypatch.setattr(amp, "auto_mixed_precision", lambda net, level: calls.append(level) or net)
+    net, opt, _, _ = build_run()
+    loss = H.loss_fn()
+    model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
+    ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, amp_level=amp_level,
+                                            keep_batchnorm_fp32=keep_bn)
+    assert calls == ([] if expected is None else [expected])
+
+
 def test_distributed_inversion_seam_sums_to_replicated():
     """Zero-filled per-rank inversion buffers (owner(k) = k mod 2) sum to the replicated ones."""
     old = ms.get_context("mode")

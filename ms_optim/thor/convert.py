@@ -9,6 +9,8 @@ import logging
 
 from mindspore import nn
 
+from .._validation import check_bool
+
 from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor, THOR_LAYERS
 
 __all__ = ["ConvertNetUtils", "ConvertModelUtils", "THOR_LAYER_MAP", "register_thor_layer"]
@@ -253,7 +255,12 @@ class ConvertModelUtils:
             Dataset sink mode is run as the non-sink loop (a warning is logged): the per-step
             choice between the refresh and the stale graph is made on the host. Only a static loss
             scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
-            optimizer's ``loss_scale=s``).
+            optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
+            ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.
+            Mixed precision follows ``mindspore.train.Model``'s rules: with `amp_level` ``"O2"``
+            or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides whether
+            BatchNorm stays in float32 (``True``: ``mindspore.amp.auto_mixed_precision`` level
+            ``"O2"``; ``False``: level ``"O3"``, everything in float16).
 
         Args:
             model (Model): the model built by the user.
@@ -261,16 +268,21 @@ class ConvertModelUtils:
             loss_fn (Cell): the loss. Default: ``None``.
             optimizer (Cell): the optimizer from :func:`ms_optim.thor`. Default: ``None``.
             metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
-            amp_level (str): ``"O0"`` (others are passed to ``mindspore.amp``). Default: ``"O0"``.
-            loss_scale_manager (FixedLossScaleManager): Default: ``None``.
-            keep_batchnorm_fp32 (bool): Default: ``False``.
+            amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"``, applied with
+                ``mindspore.amp.auto_mixed_precision`` (see Note). Default: ``"O0"``.
+            loss_scale_manager (FixedLossScaleManager): a static loss scale with
+                ``drop_overflow_update=False``. Default: ``None``.
+            keep_batchnorm_fp32 (bool): with `amp_level` ``"O2"``/``"O3"``, keep BatchNorm in
+                float32 (see Note); no effect at other levels. Default: ``False``.
 
         Returns:
             Model.
 
         Raises:
-            ValueError: If `loss_scale_manager` is dynamic or its scale differs from the
-                optimizer's `loss_scale`, or `loss_fn` is None with a THOR optimizer.
+            TypeError: If `keep_batchnorm_fp32` is not a bool.
+            ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
+                or its scale differs from the optimizer's `loss_scale`, or `loss_fn` is None with
+                a THOR optimizer.
 
         Examples:
             >>> import numpy as np
@@ -290,6 +302,7 @@ class ConvertModelUtils:
         from .optimizer import ThorOptimizer
         if not isinstance(optimizer, ThorOptimizer):
             return model
+        check_bool("convert_to_thor_model", "keep_batchnorm_fp32", keep_batchnorm_fp32)
         if loss_fn is None:
             raise ValueError("For 'convert_to_thor_model', the argument 'loss_fn' must be given "
                              "with a THOR optimizer.")
@@ -300,6 +313,10 @@ class ConvertModelUtils:
                 raise ValueError("For 'convert_to_thor_model', only FixedLossScaleManager is "
                                  "supported (THOR removes a static loss scale from its curvature "
                                  f"statistics), but got {type(loss_scale_manager).__name__}.")
+            if loss_scale_manager.get_drop_overflow_update():
+                raise ValueError("For 'convert_to_thor_model', 'loss_scale_manager' must have "
+                                 "drop_overflow_update=False: the THOR step has no overflow "
+                                 "check and would not drop overflow steps.")
             sens = float(loss_scale_manager.get_loss_scale())
             if abs(sens - optimizer.loss_scale) > 1e-6 * sens:
                 raise ValueError("For 'convert_to_thor_model', the loss scale of "
@@ -308,7 +325,10 @@ class ConvertModelUtils:
         net_with_loss = nn.WithLossCell(network, loss_fn)
         if amp_level != "O0":
             from mindspore import amp
-            amp.auto_mixed_precision(net_with_loss, amp_level)
+            level = amp_level
+            if amp_level in ("O2", "O3"):  # as mindspore.train.Model with keep_batchnorm_fp32
+                level = "O2" if keep_batchnorm_fp32 else "O3"
+            amp.auto_mixed_precision(net_with_loss, level)
         train_cell = ThorTrainOneStepCell(net_with_loss, optimizer, sens=sens)
         eval_network = nn.WithEvalCell(network, loss_fn, amp_level in ("O2", "O3", "auto"))
         return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,

@@ -67,10 +67,11 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
     """
 
     def __init__(self, network, optimizer, sens=1.0):
-        super().__init__(network, optimizer, sens)
+        # Checked before nn.TrainOneStepCell.__init__, which would fail with an AttributeError.
         if not hasattr(optimizer, "frequency") or not hasattr(optimizer, "n_layers"):
             raise TypeError("For 'ThorTrainOneStepCell', the argument 'optimizer' must be the "
                             f"optimizer returned by ms_optim.thor, but got {type(optimizer).__name__}.")
+        super().__init__(network, optimizer, sens)
         self.frequency = optimizer.frequency
 
     def next_step_refreshes(self):

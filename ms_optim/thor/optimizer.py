@@ -20,7 +20,7 @@ from .._validation import (check_bool, check_callable, check_float, check_int,
                            check_non_negative, check_positive, check_type)
 from ..ops import kfac
 from . import _kernels
-from .convert import ConvertNetUtils
+from .convert import THOR_LAYER_MAP, ConvertNetUtils
 from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
 
 __all__ = ["thor", "ThorOptimizer"]
@@ -422,7 +422,8 @@ class ThorOptimizer(nn.Optimizer):
 
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
-         enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False):
+         enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
+         thor_filter=None):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -471,6 +472,11 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
           Dynamic loss scaling is not supported.
         - Grouped convolutions are left unconverted (plain gradient), with a log message.
+        - Layers are converted in place, as sub-cells of `net`: a `net` that is itself a
+          convertible layer (e.g. a bare ``nn.Dense``) cannot be replaced and raises ValueError
+          (wrap it: ``nn.SequentialCell([net])``). A network with no layer THOR can
+          precondition (nothing converted, e.g. all excluded by `thor_filter`) is accepted,
+          trains with the LayerNorm and plain momentum rules only, and a warning is logged.
         - Dense/Conv2d layers collect, reduce and invert only the diagonal 128-blocks of
           :math:`A` and :math:`G` (:func:`ms_optim.ops.kfac.input_covariance_blocks`); the full
           matrices are never formed (same result as forming them).
@@ -507,6 +513,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         distribute_inversion (bool): keyword-only; in data-parallel mode, each layer's inversion
             runs on one rank (cost-balanced) and the results are shared (sum of zero-filled
             buffers); identical result. Default: ``False``.
+        thor_filter (Callable): keyword-only; ``thor_filter(name, cell) -> bool`` passed to
+            :class:`ConvertNetUtils`: layers for which it returns False are not converted (plain
+            gradient). Default: ``None`` (all convertible layers).
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -523,6 +532,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `use_nesterov`, `enable_clip_grad` or `distribute_inversion` is not a bool.
         TypeError: If `frequency` or `batch_size` is not an int.
         TypeError: If `decay_filter` is not callable.
+        TypeError: If `thor_filter` is neither None nor callable.
         TypeError: If `split_indices` is not a list/tuple of int.
         ValueError: If `loss_scale` <= 0.
         ValueError: If `weight_decay` or `momentum` < 0.
@@ -533,6 +543,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             layers.
         TypeError: If `backend` is not a str.
         ValueError: If `net` has no trainable parameter, or `backend` is invalid.
+        ValueError: If `net` is itself a layer that THOR converts (e.g. a bare ``nn.Dense``).
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -579,8 +590,17 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
-    converter = ConvertNetUtils()
+    if type(net) in THOR_LAYER_MAP:
+        raise ValueError(f"For '{_NAME}', the argument 'net' is itself a {type(net).__name__}: "
+                         "THOR converts sub-cells in place and cannot replace the root cell, so "
+                         "it would not be preconditioned. Wrap it, e.g. "
+                         "nn.SequentialCell([net]).")
+    converter = ConvertNetUtils(thor_filter)
     n_layers = len(converter.plan(net))
+    if n_layers == 0:
+        _LOG.warning("THOR: '%s' has no layer THOR can precondition (no Dense/Conv2d/Embedding/"
+                     "EmbeddingLookup converted); training uses the LayerNorm and plain "
+                     "momentum rules only.", type(net).__name__)
     split_indices = _validate_split_indices(split_indices, n_layers)
     for p in net.trainable_params():  # decay_filter must return a bool-like for every param
         decay_filter(p)
