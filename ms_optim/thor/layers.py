@@ -244,7 +244,27 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         return ops.depend(out, self.matrix_g)
 
 
-class EmbeddingThor(nn.Embedding, _StatsMixin):
+class _EmbeddingStatsMixin(_StatsMixin):
+    """Statistics of both embedding layers: token frequencies (forward), G (backward hook)."""
+
+    def _save_gradient(self, dout):
+        """Backward hook on the output, shape ``ids.shape + (E,)``: rows are (sample, id)."""
+        n = dout.shape[0] if len(dout.shape) > 1 else 1
+        rows = ops.reshape(dout, (-1, dout.shape[-1]))
+        return ops.depend(dout, self._store_g(rows, n, rows.shape[0] // n))
+
+    def _embedding_output(self, flat_ids, n, rows, out_shape):
+        """Reshape the looked-up rows to the output; on refresh steps also store A and hook G."""
+        if self.thor:
+            a = kfac.embedding_input_statistic(flat_ids, self.vocab_size, n)
+            rows = ops.depend(rows, ops.assign(self.matrix_a, a))
+            out = self.get_g(ops.reshape(rows, out_shape))
+        else:
+            out = ops.reshape(rows, out_shape)
+        return ops.depend(out, self.matrix_g)
+
+
+class EmbeddingThor(nn.Embedding, _EmbeddingStatsMixin):
     r"""Embedding layer that collects THOR's statistics.
 
     .. math::
@@ -292,12 +312,6 @@ class EmbeddingThor(nn.Embedding, _StatsMixin):
                          embedding_table=embedding_table, dtype=dtype, padding_idx=padding_idx)
         self._init_stats((vocab_size,), (embedding_size, embedding_size))
 
-    def _save_gradient(self, dout):
-        """Backward hook on the output, shape ``ids.shape + (E,)``: rows are (sample, id)."""
-        n = dout.shape[0] if len(dout.shape) > 1 else 1
-        rows = ops.reshape(dout, (-1, dout.shape[-1]))
-        return ops.depend(dout, self._store_g(rows, n, rows.shape[0] // n))
-
     def construct(self, ids):
         out_shape = ids.shape + (self.embedding_size,)
         flat_ids = ops.reshape(ids, (-1,))
@@ -308,16 +322,10 @@ class EmbeddingThor(nn.Embedding, _StatsMixin):
             rows = self.array_mul(one_hot_ids, self.embedding_table)
         else:
             rows = self.gather(self.embedding_table, flat_ids, 0)
-        if self.thor:
-            a = kfac.embedding_input_statistic(flat_ids, self.vocab_size, n)
-            rows = ops.depend(rows, ops.assign(self.matrix_a, a))
-            out = self.get_g(ops.reshape(rows, out_shape))
-        else:
-            out = ops.reshape(rows, out_shape)
-        return ops.depend(out, self.matrix_g)
+        return self._embedding_output(flat_ids, n, rows, out_shape)
 
 
-class EmbeddingLookupThor(nn.EmbeddingLookup, _StatsMixin):
+class EmbeddingLookupThor(nn.EmbeddingLookup, _EmbeddingStatsMixin):
     r"""EmbeddingLookup layer that collects THOR's statistics (same rule as :class:`EmbeddingThor`).
 
     The lookup is a dense gather of the table (values identical to the parent's lookup); the
@@ -370,25 +378,13 @@ class EmbeddingLookupThor(nn.EmbeddingLookup, _StatsMixin):
         self.dense_gather = ops.Gather()
         self._init_stats((vocab_size,), (embedding_size, embedding_size))
 
-    def _save_gradient(self, dout):
-        """Backward hook on the output, shape ``ids.shape + (E,)``: rows are (sample, id)."""
-        n = dout.shape[0] if len(dout.shape) > 1 else 1
-        rows = ops.reshape(dout, (-1, dout.shape[-1]))
-        return ops.depend(dout, self._store_g(rows, n, rows.shape[0] // n))
-
     def construct(self, indices):
         out_shape = indices.shape + (self.embedding_size,)
         flat_ids = ops.reshape(indices, (-1,))
         n = indices.shape[0] if len(indices.shape) > 0 else 1
         flat_ids = ops.depend(flat_ids, ops.assign(self.thor_n, Tensor(float(n), ms.float32)))
         rows = self.dense_gather(self.embedding_table, flat_ids, 0)
-        if self.thor:
-            a = kfac.embedding_input_statistic(flat_ids, self.vocab_size, n)
-            rows = ops.depend(rows, ops.assign(self.matrix_a, a))
-            out = self.get_g(ops.reshape(rows, out_shape))
-        else:
-            out = ops.reshape(rows, out_shape)
-        return ops.depend(out, self.matrix_g)
+        return self._embedding_output(flat_ids, n, rows, out_shape)
 
 
 #: Layer kinds THOR preconditions with a Kronecker rule / an embedding rule.
