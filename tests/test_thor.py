@@ -11,7 +11,7 @@ import thor_helpers as H
 
 STEPS = 5      # F = 2: refreshes at 0, 2, 4 and stale steps 1, 3 (past the end of lr at 4)
 FREQ = 2
-RTOL = 2e-3    # float32 implementation vs float64 reference over 5 steps
+RTOL = 5e-4    # float32 vs float64 over 5 steps; measured worst case fails 1e-4, passes 5e-4
 
 
 def _train(spec, data, lr, damping, momentum=0.9, loss_scale=1.0, weight_decay=0.0, **kw):
