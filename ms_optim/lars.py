@@ -82,6 +82,11 @@ class _LarsFilter:
     def __call__(self, param):
         return id(param) not in self._excluded_ids and param.name not in self._excluded_names
 
+    def unknown(self, params):
+        """Names of ``params`` that the network this filter was built for does not hold."""
+        names = {row[0] for row in self._rows.values()}
+        return [p.name for p in params if id(p) not in self._rows and p.name not in names]
+
     def table(self):
         """Return a text table: parameter, owning cell, role, LARS-adapted."""
         lines = [("parameter", "cell", "role", "LARS")]
@@ -241,8 +246,9 @@ class LARS(nn.Optimizer):
         TypeError: If `optimizer` is not an ``nn.Optimizer`` (or is a LARS).
         TypeError: If `epsilon` or `coefficient` is not a float.
         TypeError: If `use_clip` is not a bool.
-        TypeError: If `lars_filter` is not callable.
+        TypeError: If `lars_filter` is not callable, or fails when called with a Parameter.
         ValueError: If `epsilon` or `coefficient` is negative (or not finite).
+        ValueError: If `lars_filter` comes from :func:`lars_filter_for` of another network.
         ValueError: If `use_clip` is True and the wrapped optimizer has both group learning
             rates and a dynamic learning rate.
         ValueError: If `backend` is not one of the three names, or ``"ascend"`` cannot be used.
@@ -284,7 +290,18 @@ class LARS(nn.Optimizer):
             raise ValueError("For 'LARS', if the argument 'use_clip' is True, the wrapped optimizer "
                              "cannot have both group learning rates and a dynamic learning rate.")
         params = tuple(optimizer.parameters)
-        lars_flags = tuple(bool(lars_filter(p)) for p in params)
+        if isinstance(lars_filter, _LarsFilter) and lars_filter.unknown(params):
+            unknown = lars_filter.unknown(params)
+            raise ValueError("For 'LARS', the argument 'lars_filter' was built by lars_filter_for "
+                             "for another network: the optimizer's parameters "
+                             f"{unknown[:5]}{' ...' if len(unknown) > 5 else ''} are not in it. "
+                             "Call lars_filter_for on the network whose parameters the optimizer "
+                             "holds, after the network is fully built.")
+        try:
+            lars_flags = tuple(bool(lars_filter(p)) for p in params)
+        except TypeError as err:
+            raise TypeError("For 'LARS', the argument 'lars_filter' must be callable as "
+                            f"lars_filter(param) -> bool, but calling it failed: {err}") from err
         self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS")
 
         # ---- build ----

@@ -41,7 +41,7 @@ def test_matches_numpy_reference(mode, kind):
     for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=RTOL, atol=1e-5, err_msg=got.name)
     assert int(opt.global_step.asnumpy()[0]) == STEPS
-    assert not opt.fault_count.asnumpy().any()
+    assert not opt.thor_fault_count.asnumpy().any()
 
 
 def test_multi_block_statistics_match_reference(mode):
@@ -55,7 +55,7 @@ def test_multi_block_statistics_match_reference(mode):
     np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
     for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
         np.testing.assert_allclose(got.asnumpy(), want, rtol=RTOL, atol=1e-5, err_msg=got.name)
-    assert not opt.fault_count.asnumpy().any()
+    assert not opt.thor_fault_count.asnumpy().any()
 
 
 def test_nesterov_matches_reference(mode):
@@ -131,12 +131,12 @@ def test_non_finite_statistics_keep_last_inverse(mode):
     # both layers see overflowing inputs (the hidden activations are ~1e19 too)
     for k in range(2):
         np.testing.assert_array_equal(opt.a_inv[k].asnumpy(), good[k])
-    assert opt.fault_count.asnumpy().tolist() == [1, 1]
+    assert opt.thor_fault_count.asnumpy().tolist() == [1, 1]
     for p in list(net.trainable_params()) + list(opt.moments):
         assert np.isfinite(p.asnumpy()).all(), p.name
     step(*H.to_ms(x, y))  # stale
     step(*H.to_ms(x, y))  # next refresh (lr = 0: same weights, same data) recovers the inverse
-    assert opt.fault_count.asnumpy().tolist() == [1, 1]
+    assert opt.thor_fault_count.asnumpy().tolist() == [1, 1]
     np.testing.assert_allclose(opt.a_inv[0].asnumpy(), good[0], rtol=1e-6)
 
 
@@ -147,7 +147,7 @@ def test_zero_damping_singular_factor_is_counted_not_fatal(mode):
     step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
     x, y = H.batches(rng, 1, 1, (6,))[0]  # one sample: A has rank 1, lambda = 0
     step(*H.to_ms(x, y))
-    assert opt.fault_count.asnumpy().tolist() == [1, 1]
+    assert opt.thor_fault_count.asnumpy().tolist() == [1, 1]
     for p in net.trainable_params():
         assert np.isfinite(p.asnumpy()).all()
 

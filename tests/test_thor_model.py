@@ -83,8 +83,19 @@ def test_convert_model_rejects_dynamic_loss_scale():
     with pytest.raises(ValueError, match="FixedLossScaleManager"):
         ConvertModelUtils.convert_to_thor_model(model, net, loss, opt,
                                                 loss_scale_manager=ms.DynamicLossScaleManager())
+
+def test_convert_model_rejects_silent_no_ops():
+    """Upstream returns the model unchanged for these; ms_optim names the bad argument."""
+    net, opt, _, _ = build_run()
+    loss = H.loss_fn()
+    model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
     other = nn.Momentum(net.trainable_params(), 0.1, 0.9)
-    assert ConvertModelUtils.convert_to_thor_model(model, net, loss, other) is model
+    with pytest.raises(TypeError, match="'optimizer' must be the optimizer returned by ms_optim.thor"):
+        ConvertModelUtils.convert_to_thor_model(model, net, loss, other)
+    with pytest.raises(TypeError, match="'model' must be a mindspore.train.Model"):
+        ConvertModelUtils.convert_to_thor_model("m", net, loss, opt)
+    with pytest.raises(TypeError, match="'network' must be Cell"):
+        ConvertModelUtils.convert_to_thor_model(model, None, loss, opt)
 
 
 def test_convert_model_rejects_drop_overflow_and_bad_keep_bn():

@@ -8,6 +8,7 @@ original activation cell, so outputs are identical before and after conversion.
 import logging
 
 from mindspore import nn
+from mindspore.train import Model
 
 from .._validation import check_bool
 
@@ -31,8 +32,7 @@ def _convert_dense(cell):
 
 def _convert_conv2d(cell):
     if cell.group != 1:
-        return (f"group={cell.group}: grouped/depthwise convolutions have no per-group THOR rule "
-                "here; left unconverted (plain gradient)")
+        return f"group={cell.group}: grouped convolution, no THOR rule; plain gradient"
     if getattr(cell, "data_format", "NCHW") != "NCHW":
         return f"data_format={cell.data_format}: only NCHW is supported; left unconverted"
     if type(cell) is not nn.Conv2d:  # pylint: disable=unidiomatic-typecheck
@@ -119,6 +119,16 @@ def register_thor_layer(layer_cls, converter):
     THOR_LAYER_MAP[layer_cls] = converter
 
 
+def _format_rows(lines):
+    widths = [max(len(str(row[i])) for row in lines) for i in range(len(lines[0]))]
+    out = []
+    for k, row in enumerate(lines):
+        out.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        if k == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
 class ConvertNetUtils:
     r"""Replace convertible layers of a network by their THOR counterparts, in place.
 
@@ -126,14 +136,19 @@ class ConvertNetUtils:
     -> :class:`EmbeddingThor`, ``nn.EmbeddingLookup`` -> :class:`EmbeddingLookupThor` (plus
     :data:`THOR_LAYER_MAP` entries you register). Cells whose weight is frozen are skipped.
     Layers that cannot be converted exactly (grouped convolutions, NHWC, ``max_norm`` lookups,
-    subclasses with their own ``construct``) stay as they are, with the reason logged.
+    subclasses with their own ``construct``) stay as they are, with the reason given as a warning
+    on the ``ms_optim`` logger. Every decision is recorded: :meth:`table` lists each layer with
+    its type, whether it was converted and why not.
 
     Args:
         thor_filter (Callable): optional ``thor_filter(name, cell) -> bool``; cells for which it
             returns False are left alone. Default: ``None`` (all).
+        verbose (bool): print the conversion table after :meth:`convert_to_thor_net`.
+            Default: ``False``.
 
     Raises:
         TypeError: If `thor_filter` is neither None nor callable.
+        TypeError: If `verbose` is not a bool.
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -147,11 +162,14 @@ class ConvertNetUtils:
         True
     """
 
-    def __init__(self, thor_filter=None):
+    def __init__(self, thor_filter=None, verbose=False):
         if thor_filter is not None and not callable(thor_filter):
             raise TypeError("For 'ConvertNetUtils', the argument 'thor_filter' must be callable, "
                             f"but got {type(thor_filter).__name__}.")
+        check_bool("ConvertNetUtils", "verbose", verbose)
         self.thor_filter = thor_filter
+        self.verbose = verbose
+        self._rows = []
 
     def _walk(self, cell, prefix, visit):
         for name, sub in list(cell.name_cells().items()):
@@ -166,11 +184,19 @@ class ConvertNetUtils:
             else:
                 self._walk(sub, full, visit)
 
-    def _eligible(self, full, sub):
+    def _why_not(self, full, sub):
+        """None if `sub` is to be converted, else the reason it is not."""
         weight = getattr(sub, "weight", getattr(sub, "embedding_table", None))
-        if weight is None or not weight.requires_grad:
-            return False
-        return self.thor_filter is None or bool(self.thor_filter(full, sub))
+        if weight is None:
+            return "no weight"
+        if not weight.requires_grad:
+            return "weight frozen (requires_grad=False)"
+        if self.thor_filter is not None and not bool(self.thor_filter(full, sub)):
+            return "excluded by thor_filter"
+        return None
+
+    def _eligible(self, full, sub):
+        return self._why_not(full, sub) is None
 
     def plan(self, net):
         """Names of the layers that are (or would become) THOR layers, in conversion order.
@@ -205,24 +231,57 @@ class ConvertNetUtils:
             raise TypeError("For 'convert_to_thor_net', the argument 'net' must be Cell, "
                             f"but got {type(net).__name__}.")
         changed = []
+        rows = []
 
         def visit(parent, name, full, sub, conv, already):
-            if already or not self._eligible(full, sub):
+            kind = type(sub).__name__
+            if already:
+                rows.append((full, kind, "yes", "already a THOR layer"))
                 return
-            new = conv(sub)
-            if isinstance(new, str):
-                _LOG.info("THOR conversion: '%s' (%s) left unconverted: %s", full,
-                          type(sub).__name__, new)
+            why = self._why_not(full, sub)
+            if why is None:
+                new = conv(sub)
+                if isinstance(new, str):
+                    why = new
+                    _LOG.warning("THOR conversion: '%s' (%s) left unconverted: %s", full, kind,
+                                 new)
+            if why is not None:
+                rows.append((full, kind, "no", why))
                 return
             _name_like(sub, new, full)
             new.set_train(sub.training)
             parent.insert_child_to_cell(name, new)
             changed.append(parent)
+            rows.append((full, kind, "yes", f"-> {type(new).__name__}"))
         self._walk(net, "", visit)
         for parent in changed:
             if isinstance(parent, nn.SequentialCell):
                 parent.cell_list = list(parent.cells())
+        self._rows = rows
+        if self.verbose:
+            print(self.table())
         return net
+
+    def table(self):
+        """The decisions of the last :meth:`convert_to_thor_net` call, as a text table.
+
+        Returns:
+            str, one row per layer of a type in :data:`THOR_LAYER_MAP` (and THOR layers already
+            present): cell path, type, converted (``yes``/``no``), and what was done or why not.
+
+        Examples:
+            >>> from mindspore import nn
+            >>> from ms_optim import ConvertNetUtils
+            >>> net = nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2), nn.Flatten(), nn.Dense(4, 2)])
+            >>> conv = ConvertNetUtils()
+            >>> _ = conv.convert_to_thor_net(net)
+            >>> print(conv.table())
+            layer  type    converted  detail
+            -----  ------  ---------  ----------------------------------------------------------
+            0      Conv2d  no         group=2: grouped convolution, no THOR rule; plain gradient
+            2      Dense   yes        -> DenseThor
+        """
+        return _format_rows([("layer", "type", "converted", "detail")] + list(self._rows))
 
 
 class ConvertModelUtils:
@@ -248,8 +307,8 @@ class ConvertModelUtils:
         With a THOR `optimizer` the returned model trains through
         :class:`ms_optim.ThorTrainOneStepCell`: refresh at global steps 0, F, 2F, ... (across
         epochs, counted by the optimizer's ``global_step``), stale steps without statistics;
-        evaluation (``Model.eval``, ``Model.fit``) works. Any other optimizer: `model` is returned
-        unchanged.
+        evaluation (``Model.eval``, ``Model.fit``) works. Unlike upstream, which silently returns
+        `model` unchanged for any other optimizer, anything but a THOR optimizer raises TypeError.
 
         Note:
             Dataset sink mode is run as the non-sink loop (a warning is logged): the per-step
@@ -279,6 +338,9 @@ class ConvertModelUtils:
             Model.
 
         Raises:
+            TypeError: If `model` is not a ``mindspore.train.Model``.
+            TypeError: If `network` is not a Cell.
+            TypeError: If `optimizer` is not the optimizer returned by :func:`ms_optim.thor`.
             TypeError: If `keep_batchnorm_fp32` is not a bool.
             ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
                 or its scale differs from the optimizer's `loss_scale`, or `loss_fn` is None with
@@ -300,8 +362,16 @@ class ConvertModelUtils:
         """
         from .model import ThorModel, ThorTrainOneStepCell  # local: avoid an import cycle
         from .optimizer import ThorOptimizer
+        if not isinstance(model, Model):
+            raise TypeError("For 'convert_to_thor_model', the argument 'model' must be a "
+                            f"mindspore.train.Model, but got {type(model).__name__}.")
+        if not isinstance(network, nn.Cell):
+            raise TypeError("For 'convert_to_thor_model', the argument 'network' must be Cell, "
+                            f"but got {type(network).__name__}.")
         if not isinstance(optimizer, ThorOptimizer):
-            return model
+            raise TypeError("For 'convert_to_thor_model', the argument 'optimizer' must be the "
+                            "optimizer returned by ms_optim.thor, but got "
+                            f"{type(optimizer).__name__}.")
         check_bool("convert_to_thor_model", "keep_batchnorm_fp32", keep_batchnorm_fp32)
         if loss_fn is None:
             raise ValueError("For 'convert_to_thor_model', the argument 'loss_fn' must be given "

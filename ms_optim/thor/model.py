@@ -73,6 +73,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
                             f"optimizer returned by ms_optim.thor, but got {type(optimizer).__name__}.")
         super().__init__(network, optimizer, sens)
         self.frequency = optimizer.frequency
+        optimizer.thor_driven = True
 
     def next_step_refreshes(self):
         """Whether the next call is a refresh step (reads the optimizer's ``global_step``)."""

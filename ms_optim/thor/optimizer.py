@@ -9,6 +9,7 @@ swaps the block-inverse kernel (:mod:`ms_optim.thor._kernels`).
 import logging
 import math
 import numbers
+import warnings
 
 import numpy as np
 
@@ -124,6 +125,24 @@ def _identity_blocks(d, block):
     return np.broadcast_to(np.eye(s, dtype=np.float32), (nb, s, s)).copy()
 
 
+_UNDRIVEN_WARNED = []
+
+
+def _warn_undriven(frequency):
+    """Called while the optimizer's graph is built outside ms_optim's train cells (GRAPH: once per
+    compilation; PYNATIVE: once per process)."""
+    if _UNDRIVEN_WARNED:
+        return True
+    _UNDRIVEN_WARNED.append(True)
+    msg = ("ms_optim.thor: the optimizer is called outside ms_optim.ThorTrainOneStepCell / "
+           "ms_optim.ConvertModelUtils.convert_to_thor_model, so every step is a refresh step "
+           f"(frequency={frequency} is not applied). mindspore.train.ConvertModelUtils does not "
+           "know ms_optim's optimizer: use ms_optim.ConvertModelUtils.")
+    _LOG.warning(msg)
+    warnings.warn(msg, UserWarning)
+    return True
+
+
 class ThorOptimizer(nn.Optimizer):
     r"""The THOR optimizer cell returned by :func:`thor` (see there for the algorithm).
 
@@ -145,6 +164,8 @@ class ThorOptimizer(nn.Optimizer):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         self.frequency = frequency
+        #: set by ThorTrainOneStepCell: the refresh/stale switch drives this optimizer
+        self.thor_driven = False
         self.backend = backend
         self.kernels = kernels if kernels is not None else _kernels.get_kernels(backend)
         self.momentum = Parameter(Tensor(momentum, ms.float32), name="momentum")
@@ -212,8 +233,8 @@ class ThorOptimizer(nn.Optimizer):
         self.a_inv = ParameterTuple(a_inv)
         self.g_inv = ParameterTuple(g_inv)
         self.t_keep = ParameterTuple(t_keep)
-        self.fault_count = Parameter(Tensor(np.zeros((max(self.n_layers, 1),), np.int32)),
-                                     name="thor_fault_count", requires_grad=False)
+        self.thor_fault_count = Parameter(Tensor(np.zeros((max(self.n_layers, 1),), np.int32)),
+                                          name="thor_fault_count", requires_grad=False)
 
         # --- data parallel seam ---------------------------------------------------------------
         self.split_indices = split_indices
@@ -365,7 +386,7 @@ class ThorOptimizer(nn.Optimizer):
             a_out, g_out, t_out = a_out + (a_k,), g_out + (g_k,), t_out + (t_k,)
             bad = bad + (ops.cast(1 - ops.cast(ok, ms.int32), ms.int32),)
         if self.n_layers:
-            counted = ops.depend(a_out[0], ops.assign_add(self.fault_count, ops.stack(bad)))
+            counted = ops.depend(a_out[0], ops.assign_add(self.thor_fault_count, ops.stack(bad)))
             a_out = (counted,) + a_out[1:]
         return a_out, g_out, t_out
 
@@ -374,6 +395,8 @@ class ThorOptimizer(nn.Optimizer):
         return ops.reshape(ops.gather(values, idx, 0), ())
 
     def construct(self, gradients):
+        if not self.thor_driven:
+            _warn_undriven(self.frequency)
         params = self._parameters
         moments = self.moments
         gradients = self.flatten_gradients(gradients)
@@ -423,7 +446,7 @@ class ThorOptimizer(nn.Optimizer):
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
-         thor_filter=None):
+         thor_filter=None, verbose=False):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -495,7 +518,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         damping (Tensor): 0-D or 1-D per-step damping :math:`\lambda_t \ge 0`.
         momentum (float): :math:`\mu \ge 0`.
         weight_decay (Union[float, int]): :math:`wd \ge 0`. Default: ``0.0``.
-        loss_scale (float): static loss scale :math:`s > 0`. Default: ``1.0``.
+        loss_scale (Union[float, int]): static loss scale :math:`s > 0`. Default: ``1.0``.
         batch_size (int): per-rank batch, used as :math:`N` (times the number of data-parallel
             ranks) only for LayerNorm rules of a network that has no converted layer (otherwise
             :math:`N` is read from the batch). Default: ``32``.
@@ -516,6 +539,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         thor_filter (Callable): keyword-only; ``thor_filter(name, cell) -> bool`` passed to
             :class:`ConvertNetUtils`: layers for which it returns False are not converted (plain
             gradient). Default: ``None`` (all convertible layers).
+        verbose (bool): keyword-only; print the conversion table (every convertible layer: path,
+            type, converted or why not; :meth:`ConvertNetUtils.table`). Default: ``False``.
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -527,9 +552,11 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `net` is not a Cell.
         TypeError: If `learning_rate` is not a Tensor.
         TypeError: If `damping` is not a Tensor or numpy array of a float dtype.
-        TypeError: If `loss_scale` or `momentum` is not a float.
+        TypeError: If `momentum` is not a float.
+        TypeError: If `loss_scale` is neither float nor int.
         TypeError: If `weight_decay` is neither float nor int.
-        TypeError: If `use_nesterov`, `enable_clip_grad` or `distribute_inversion` is not a bool.
+        TypeError: If `use_nesterov`, `enable_clip_grad`, `distribute_inversion` or `verbose` is
+            not a bool.
         TypeError: If `frequency` or `batch_size` is not an int.
         TypeError: If `decay_filter` is not callable.
         TypeError: If `thor_filter` is neither None nor callable.
@@ -572,7 +599,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     check_non_negative(_NAME, "momentum", momentum)
     check_type(_NAME, "weight_decay", weight_decay, (float, numbers.Integral), "float or int")
     check_non_negative(_NAME, "weight_decay", weight_decay)
-    check_float(_NAME, "loss_scale", loss_scale)
+    # as mindspore.nn.Optimizer (and upstream nn.thor): an int loss scale is taken as a float
+    check_type(_NAME, "loss_scale", loss_scale, (float, numbers.Integral), "float or int")
+    loss_scale = float(loss_scale)
     check_positive(_NAME, "loss_scale", loss_scale)
     check_int(_NAME, "frequency", frequency)
     if frequency < 2:
@@ -587,6 +616,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     check_callable(_NAME, "decay_filter", decay_filter)
     check_bool(_NAME, "enable_clip_grad", enable_clip_grad)
     check_bool(_NAME, "distribute_inversion", distribute_inversion)
+    check_bool(_NAME, "verbose", verbose)
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -595,7 +625,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                          "THOR converts sub-cells in place and cannot replace the root cell, so "
                          "it would not be preconditioned. Wrap it, e.g. "
                          "nn.SequentialCell([net]).")
-    converter = ConvertNetUtils(thor_filter)
+    converter = ConvertNetUtils(thor_filter, verbose=verbose)
     n_layers = len(converter.plan(net))
     if n_layers == 0:
         _LOG.warning("THOR: '%s' has no layer THOR can precondition (no Dense/Conv2d/Embedding/"
