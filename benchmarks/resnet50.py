@@ -1,98 +1,14 @@
-"""ResNet-50 (v1.5, bottleneck blocks) built here, with the real layer shapes of the zoo recipe.
+"""The benchmarks' ResNet-50: the network of ``examples/zoo/resnet.py`` (one definition).
 
-The benchmarks use it at the scale users run: the same 161 trainable tensors (53 convolutions and
-the final Dense with their BatchNorms; 25.56M parameters at 1000 classes) as
-``mindspore-ai/models`` ``official/cv/ResNet`` (``resnet50``). Only the number of classes and the
-input resolution are free; the convolution shapes do not depend on the input size.
-
-    from resnet50 import resnet50, random_batch
-    net = resnet50(num_classes=1000)
+    from resnet50 import resnet50, random_batch, param_count
 """
-import numpy as np
+import os
+import sys
 
-import mindspore as ms
-from mindspore import Tensor, nn
+_ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "zoo")
+if _ZOO not in sys.path:
+    sys.path.insert(0, _ZOO)
 
-__all__ = ["resnet50", "random_batch", "param_count"]
+from resnet import param_count, random_batch, resnet, resnet50  # noqa: E402,F401
 
-
-def _conv(cin, cout, k, stride=1):
-    return nn.Conv2d(cin, cout, k, stride=stride, pad_mode="same", has_bias=False,
-                     weight_init="HeUniform")
-
-
-def _bn(c, gamma=1.0):
-    return nn.BatchNorm2d(c, momentum=0.9, gamma_init=gamma)
-
-
-class Bottleneck(nn.Cell):
-    """1x1 reduce, 3x3 (stride here, v1.5), 1x1 expand x4, projection shortcut where needed."""
-    expansion = 4
-
-    def __init__(self, cin, width, stride=1):
-        super().__init__()
-        cout = width * self.expansion
-        self.conv1, self.bn1 = _conv(cin, width, 1), _bn(width)
-        self.conv2, self.bn2 = _conv(width, width, 3, stride), _bn(width)
-        self.conv3, self.bn3 = _conv(width, cout, 1), _bn(cout, 0.0)
-        self.relu = nn.ReLU()
-        self.down = None
-        if stride != 1 or cin != cout:
-            self.down = nn.SequentialCell([_conv(cin, cout, 1, stride), _bn(cout)])
-
-    def construct(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.down is not None:
-            identity = self.down(x)
-        return self.relu(out + identity)
-
-
-class ResNet50(nn.Cell):
-    """ResNet-50: stem 7x7/2 + max-pool, stages [3, 4, 6, 3] of bottlenecks, global pool, Dense."""
-
-    def __init__(self, num_classes=1000):
-        super().__init__()
-        self.conv1, self.bn1 = _conv(3, 64, 7, 2), _bn(64)
-        self.relu = nn.ReLU()
-        self.pool = nn.MaxPool2d(3, 2, pad_mode="same")
-        blocks, cin = [], 64
-        for width, n, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
-            for i in range(n):
-                blocks.append(Bottleneck(cin, width, stride if i == 0 else 1))
-                cin = width * Bottleneck.expansion
-        self.layers = nn.SequentialCell(blocks)
-        self.flatten = nn.Flatten()
-        self.fc = nn.Dense(cin, num_classes, weight_init="Normal")
-
-    def construct(self, x):
-        x = self.pool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layers(x)
-        x = x.mean(axis=(2, 3))
-        return self.fc(self.flatten(x))
-
-
-def resnet50(num_classes=1000):
-    """Return a ResNet-50 cell (float32)."""
-    return ResNet50(num_classes)
-
-
-def random_batch(batch, image=64, num_classes=1000, seed=0):
-    """A fixed random ``(batch, 3, image, image)`` float32 batch and int32 labels."""
-    rng = np.random.default_rng(seed)
-    x = Tensor(rng.standard_normal((batch, 3, image, image)).astype(np.float32))
-    y = Tensor(rng.integers(0, num_classes, batch).astype(np.int32))
-    return x, y
-
-
-def param_count(net):
-    """(number of trainable tensors, number of trainable scalars)."""
-    params = net.trainable_params()
-    return len(params), int(sum(int(np.prod(p.shape)) for p in params))
-
-
-if __name__ == "__main__":
-    ms.set_device("CPU")
-    print(param_count(resnet50()))
+__all__ = ["resnet", "resnet50", "random_batch", "param_count"]
