@@ -19,7 +19,7 @@ __all__ = [
     "spd_block_inverse_cholesky", "inverse_from_upper_inverse", "damped_block_inverse",
     "damped_inverse_of_blocks", "kron_precondition", "layernorm_precondition",
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
-    "momentum_step",
+    "momentum_step", "kl_clip_scale",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -407,3 +407,45 @@ def momentum_step(weight, velocity, grad, lr, momentum, nesterov):
     if nesterov:
         return weight - lr * (grad + momentum * v_new), v_new
     return weight - lr * v_new, v_new
+
+
+def kl_clip_scale(preconditioned, gradients, lr, kl_clip):
+    r"""KL-clip factor of KAISA (Pauloski et al. 2021): bound the natural-gradient step's size.
+
+    .. math::
+
+        s = lr^2 \sum_i \langle \tilde g_i, g_i \rangle, \qquad
+        \nu = \begin{cases}
+            \min\big(1,\ \sqrt{\kappa / s}\big) & \text{if } s > 0 \text{ and finite},\\
+            1 & \text{otherwise,}
+        \end{cases}
+
+    so that the scaled step :math:`\nu\tilde g` has :math:`lr^2\,(\nu\tilde g)^\top F\,(\nu
+    \tilde g) \approx \nu^2 s \le \kappa` (:math:`\tilde g_i = F_i^{-1} g_i`, summed over the
+    preconditioned parameters :math:`i`).
+
+    Args:
+        preconditioned (tuple[Tensor]): :math:`\tilde g_i`.
+        gradients (tuple[Tensor]): :math:`g_i`, same shapes.
+        lr (Tensor): :math:`lr`, scalar.
+        kl_clip (float): :math:`\kappa > 0`.
+
+    Returns:
+        Tensor, float32 scalar :math:`\nu \in (0, 1]`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim.ops.kfac import kl_clip_scale
+        >>> g = ms.Tensor(np.full((2, 2), 3.0, np.float32))
+        >>> print(round(float(kl_clip_scale((g,), (g,), ms.Tensor(0.1), 0.0009)), 6))  # s = 0.36
+        0.05
+    """
+    s = ops.zeros((), ms.float32)
+    for pg, g in zip(preconditioned, gradients):
+        s = s + ops.reduce_sum(ops.cast(pg, ms.float32) * ops.cast(g, ms.float32))
+    s = s * ops.cast(lr, ms.float32) * ops.cast(lr, ms.float32)
+    ok = ops.logical_and(s > 0, ops.isfinite(s))
+    one = ops.ones((), ms.float32)
+    nu = ops.sqrt(kl_clip / ops.select(ok, s, one))
+    return ops.select(ok, ops.minimum(nu, one), one)
