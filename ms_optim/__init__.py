@@ -15,7 +15,11 @@ from .thor import (Conv2dThor, ConvertModelUtils, ConvertNetUtils, DenseThor, Em
                    EmbeddingThor, ThorTrainOneStepCell, register_thor_layer, thor,
                    thor_damping_schedule, thor_lr_schedule)
 
+# --- telemetry ---
+from .callbacks import OptimizerMonitor
+
 __all__ = ["LARS", "lars_filter_for"]
 __all__ += ["thor", "DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor",
             "ConvertNetUtils", "ConvertModelUtils", "ThorTrainOneStepCell", "register_thor_layer",
             "thor_lr_schedule", "thor_damping_schedule"]
+__all__ += ["OptimizerMonitor"]

@@ -1,0 +1,209 @@
+"""Training telemetry for THOR and LARS as a MindSpore ``Callback``."""
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from mindspore.train import Callback
+
+from ._validation import check_int, check_type
+
+__all__ = ["OptimizerMonitor"]
+
+_LOG = logging.getLogger("ms_optim")
+
+
+def _scalar(value):
+    return float(np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value).reshape(-1)[0])
+
+
+def _array(value):
+    return np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value).reshape(-1)
+
+
+class OptimizerMonitor(Callback):
+    r"""Write what THOR or LARS did at each step to a JSON-lines file (and a PNG at the end).
+
+    One JSON object per logged step, with the keys
+
+    * all optimizers: ``step`` (the optimizer's global step after the step, 1-based), ``epoch``,
+      ``loss``, ``seconds`` (wall-clock time of the step, host side), ``lr``;
+    * THOR (:func:`ms_optim.thor`): ``refresh`` (whether the step refreshed the inverses),
+      ``damping`` (:math:`\lambda_t`), ``faults`` (per-layer ``thor_fault_count``), ``kl_scale``
+      (:math:`\nu` of `kl_clip`, when the optimizer has one);
+    * LARS (:class:`ms_optim.LARS`): ``trust_min`` / ``trust_median`` / ``trust_max`` of the
+      trust ratios :math:`\tau` of the adapted parameters, and ``clipped_fraction`` (share of
+      ratios at the clip bounds 0 or 1 with `use_clip`), when the optimizer records them.
+
+    A new fault of a THOR layer is also logged as a warning (logger ``ms_optim``) naming the
+    step and the layer. Reading the values synchronises host and device on the logged steps only.
+
+    Args:
+        path (str): the JSON-lines file (created or overwritten).
+        optimizer (Cell): the THOR or LARS optimizer (or any ``nn.Optimizer``).
+        png (str): write a summary plot here at the end of training (needs matplotlib).
+            Default: ``None`` (no plot).
+        per_steps (int): log every `per_steps` steps. Default: ``1``.
+
+    Raises:
+        TypeError: If `path` is not a str, `png` neither None nor str, or `per_steps` not an int.
+        ValueError: If `per_steps` < 1.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import json, os, tempfile
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> import ms_optim
+        >>> net = nn.SequentialCell([nn.Dense(4, 3)])
+        >>> opt = ms_optim.thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.03, ms.float32),
+        ...                     0.9, frequency=2)
+        >>> loss = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction='mean')
+        >>> model = ms_optim.ConvertModelUtils.convert_to_thor_model(
+        ...     ms.train.Model(net, loss, opt), net, loss, opt)
+        >>> data = ms.dataset.NumpySlicesDataset(
+        ...     {"x": np.ones((12, 4), np.float32), "y": np.zeros(12, np.int32)}).batch(4)
+        >>> path = os.path.join(tempfile.mkdtemp(), "thor.jsonl")
+        >>> model.train(1, data, callbacks=[ms_optim.OptimizerMonitor(path, opt)],
+        ...             dataset_sink_mode=False)
+        >>> rows = [json.loads(line) for line in open(path)]
+        >>> [(r["step"], r["refresh"]) for r in rows]
+        [(1, True), (2, False), (3, True)]
+    """
+
+    def __init__(self, path, optimizer, png=None, per_steps=1):
+        super().__init__()
+        check_type("OptimizerMonitor", "path", path, str, "str")
+        if png is not None:
+            check_type("OptimizerMonitor", "png", png, str, "str")
+        check_int("OptimizerMonitor", "per_steps", per_steps)
+        if per_steps < 1:
+            raise ValueError("For 'OptimizerMonitor', the argument 'per_steps' must be >= 1, "
+                             f"but got {per_steps}.")
+        self.path, self.png, self.per_steps = path, png, per_steps
+        self.optimizer = optimizer
+        self.rows = []
+        self._file = None
+        self._t0 = None
+        self._faults = None
+        self._layer_names = self._names()
+
+    def _names(self):
+        opt = self.optimizer
+        if hasattr(opt, "a_inv"):
+            return [p.name.replace("thor_a_inv.", "") for p in opt.a_inv]
+        return []
+
+    # -- Callback hooks ---------------------------------------------------------------------
+    def on_train_begin(self, run_context):
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self._file = open(self.path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
+        if hasattr(self.optimizer, "thor_fault_count"):
+            self._faults = _array(self.optimizer.thor_fault_count).copy()
+
+    def on_train_step_begin(self, run_context):
+        self._t0 = time.perf_counter()
+
+    def on_train_step_end(self, run_context):
+        seconds = time.perf_counter() - self._t0 if self._t0 is not None else float("nan")
+        opt = self.optimizer
+        step = int(_scalar(opt.global_step))
+        if step % self.per_steps:
+            return
+        cb = run_context.original_args()
+        out = cb.net_outputs
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        row = {"step": step, "epoch": int(cb.cur_epoch_num), "seconds": seconds,
+               "loss": _scalar(out) if out is not None else None, "lr": self._lr(step - 1)}
+        if hasattr(opt, "thor_fault_count"):
+            self._thor_row(row, step)
+        if hasattr(opt, "lars_trust"):
+            self._lars_row(row)
+        self.rows.append(row)
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+
+    def on_train_end(self, run_context):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self.png is not None and self.rows:
+            self.plot(self.png)
+
+    # -- values -----------------------------------------------------------------------------
+    def _lr(self, step):
+        opt = self.optimizer
+        lr = getattr(opt, "_lr_values", None)
+        if lr is None:
+            lr = opt.learning_rate
+        try:
+            values = _array(lr)
+        except (TypeError, AttributeError):  # a LearningRateSchedule cell
+            return None
+        return float(values[min(step, values.size - 1)])
+
+    def _thor_row(self, row, step):
+        opt = self.optimizer
+        row["refresh"] = (step - 1) % opt.frequency == 0
+        damping = _array(opt.thor_damping)
+        row["damping"] = float(damping[min(step - 1, damping.size - 1)])
+        faults = _array(opt.thor_fault_count)
+        row["faults"] = faults.tolist()
+        if self._faults is not None:
+            for k in np.nonzero(faults > self._faults)[0]:
+                name = self._layer_names[k] if k < len(self._layer_names) else str(k)
+                _LOG.warning("THOR: step %d: layer '%s' kept its last good inverses (non-finite or "
+                             "ill-conditioned statistics; %d faults so far).", step, name,
+                             int(faults[k]))
+        self._faults = faults.copy()
+        if hasattr(opt, "thor_kl_scale"):
+            row["kl_scale"] = _scalar(opt.thor_kl_scale)
+
+    def _lars_row(self, row):
+        tau = _array(self.optimizer.lars_trust)
+        if tau.size:
+            row["trust_min"] = float(tau.min())
+            row["trust_median"] = float(np.median(tau))
+            row["trust_max"] = float(tau.max())
+            if getattr(self.optimizer, "use_clip", False):
+                row["clipped_fraction"] = float(np.mean((tau <= 0.0) | (tau >= 1.0)))
+
+    # -- summary ----------------------------------------------------------------------------
+    def plot(self, png):
+        """Write the summary figure of the logged rows to `png`.
+
+        Args:
+            png (str): the PNG file.
+        """
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        rows = self.rows
+        steps = [r["step"] for r in rows]
+        panels = [("loss", "loss"), ("seconds", "step time (s)")]
+        if "kl_scale" in rows[0]:
+            panels.append(("kl_scale", "KL-clip factor"))
+        if "trust_median" in rows[0]:
+            panels.append(("trust_median", "median trust ratio"))
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
+        for ax, (key, title) in zip(np.atleast_1d(axes), panels):
+            vals = [r.get(key) for r in rows]
+            if key == "seconds" and "refresh" in rows[0]:
+                for flag, label in ((True, "refresh"), (False, "stale")):
+                    pts = [(s, v) for s, v, r in zip(steps, vals, rows) if r["refresh"] == flag]
+                    if pts:
+                        ax.plot(*zip(*pts), ".", label=label)
+                ax.legend()
+            else:
+                ax.plot(steps, vals)
+            ax.set_title(title)
+            ax.set_xlabel("step")
+        fig.tight_layout()
+        os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
+        fig.savefig(png, dpi=100)
+        plt.close(fig)

@@ -1,0 +1,65 @@
+"""OptimizerMonitor: JSON lines per step, THOR refresh pattern and fault warnings, PNG summary."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import mindspore as ms
+from mindspore import Tensor, nn
+
+import ms_optim
+import thor_helpers as H
+
+
+def _data(n=16, batch=4, bad_row=None):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    if bad_row is not None:
+        x[bad_row, 0] = 1e20  # x^T x overflows: that refresh keeps the last good inverses
+    y = rng.integers(0, 3, n).astype(np.int32)
+    return ms.dataset.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(batch)
+
+
+def test_thor_rows_faults_and_plot(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    net = H.build_net(H.mlp_spec(rng))
+    opt = ms_optim.thor(net, Tensor(0.0, ms.float32), Tensor(0.1, ms.float32), 0.9, frequency=2)
+    loss = H.loss_fn()
+    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
+                                                             loss, opt)
+    path, png = tmp_path / "m.jsonl", tmp_path / "m.png"
+    mon = ms_optim.OptimizerMonitor(str(path), opt, png=str(png))
+    with caplog.at_level(logging.WARNING, logger="ms_optim"):
+        # rows 8..11 are the third batch = global step 2, a refresh step
+        model.train(1, _data(bad_row=9), callbacks=[mon], dataset_sink_mode=False)
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["refresh"] for r in rows] == [True, False, True, False]
+    assert rows[0]["faults"] == [0, 0] and rows[2]["faults"] == [1, 1]
+    assert all(r["damping"] == pytest.approx(0.1) and r["lr"] == 0.0 for r in rows)
+    assert all(np.isfinite(r["loss"]) and r["seconds"] > 0 for r in rows)
+    warned = [r.getMessage() for r in caplog.records if "kept its last good inverses" in r.getMessage()]
+    assert len(warned) == 2 and all("step 3" in w for w in warned)
+    assert png.stat().st_size > 1000
+
+
+def test_per_steps_and_plain_optimizer(tmp_path):
+    net = nn.Dense(6, 3)
+    opt = nn.Momentum(net.trainable_params(), 0.1, 0.9)
+    model = ms.train.Model(net, H.loss_fn(), opt)
+    path = tmp_path / "m.jsonl"
+    model.train(1, _data(), callbacks=[ms_optim.OptimizerMonitor(str(path), opt, per_steps=2)],
+                dataset_sink_mode=False)
+    rows = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert [r["step"] for r in rows] == [2, 4] and "refresh" not in rows[0]
+
+
+@pytest.mark.parametrize("kwargs,err", [(dict(path=1), TypeError), (dict(png=2), TypeError),
+                                        (dict(per_steps=0), ValueError),
+                                        (dict(per_steps=1.0), TypeError)])
+def test_bad_arguments(kwargs, err):
+    args = dict(path="x.jsonl", optimizer=None)
+    args.update(kwargs)
+    with pytest.raises(err):
+        ms_optim.OptimizerMonitor(**args)
