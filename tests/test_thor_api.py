@@ -6,6 +6,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ms_optim import (Conv2dThor, ConvertNetUtils, DenseThor, EmbeddingLookupThor, EmbeddingThor,
+                      ThorTrainOneStepCell,
                       thor, thor_damping_schedule, thor_lr_schedule)
 import thor_helpers as H
 
@@ -30,11 +31,14 @@ def _net():
 
 
 BAD = [
-    (dict(net="net"), TypeError, "'net' must be Cell"),
-    (dict(learning_rate=0.1), TypeError, "'learning_rate' must be Tensor"),
-    (dict(learning_rate=[0.1]), TypeError, "'learning_rate' must be Tensor"),
+    (dict(net="net"), TypeError, "'net' must be the network"),
+    (dict(net=nn.Momentum(nn.Dense(2, 2).trainable_params(), 0.1, 0.9)), TypeError,
+     "'net' must be the network .* but got Momentum"),
+    (dict(learning_rate=0.1), TypeError, "'learning_rate' must be Tensor or numpy.ndarray"),
+    (dict(learning_rate=[0.1]), TypeError, "'learning_rate' must be Tensor or numpy.ndarray"),
+    (dict(learning_rate=np.array([1, 2], np.int32)), TypeError, "float dtype"),
     (dict(learning_rate=Tensor(np.ones((2, 2), np.float32))), ValueError, "0-D or 1-D"),
-    (dict(damping=0.1), TypeError, "'damping' must be Tensor"),
+    (dict(damping=0.1), TypeError, "'damping' must be Tensor or numpy.ndarray"),
     (dict(damping=Tensor(np.array([0.1, -1.0], np.float32))), ValueError, "'damping' must be finite"),
     (dict(damping=Tensor(np.array([1, 2], np.int32))), TypeError, "float dtype"),
     (dict(damping=Tensor(np.array([np.nan], np.float32))), ValueError, "'damping'"),
@@ -230,3 +234,43 @@ def test_train_step_cell_rejects_non_thor_optimizer(bad_opt):
     momentum = nn.Momentum(net.trainable_params(), 0.1, 0.9)
     with pytest.raises(TypeError, match="returned by ms_optim.thor, but got Momentum"):
         ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), momentum)
+
+
+def test_plan_is_the_conversion_decision(caplog):
+    """Layers a converter refuses (grouped conv) are neither counted for split_indices nor for the
+    'nothing converted' warning; the conversion table says why."""
+    def net():
+        return nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2), nn.Flatten(), nn.Dense(4 * 64, 3)])
+    assert ConvertNetUtils().plan(net()) == ["2"]
+    with pytest.raises(ValueError, match="split_indices"):
+        thor(net(), LR, DAMP, 0.9, split_indices=[0, 1])
+    only_grouped = nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2)])
+    with caplog.at_level("WARNING", logger="ms_optim"):
+        thor(only_grouped, LR, DAMP, 0.9)
+    assert "no layer THOR can precondition" in caplog.text
+    conv = ConvertNetUtils()
+    conv.convert_to_thor_net(net())
+    rows = conv.table().splitlines()[2:]
+    assert rows[0].split()[:3] == ["0", "Conv2d", "no"] and "grouped" in rows[0]
+    assert rows[1].split()[:3] == ["2", "Dense", "yes"]
+
+
+def test_verbose_prints_the_table(capsys):
+    thor(_net(), LR, DAMP, 0.9, verbose=True)
+    out = capsys.readouterr().out
+    assert "converted" in out and "-> Conv2dThor" in out and "-> DenseThor" in out
+
+
+def test_numpy_learning_rate_equals_tensor(mode):
+    rng = np.random.default_rng(4)
+    spec = H.mlp_spec(rng)
+    x, y = H.batches(rng, 1, 8, (6,))[0]
+    nets = []
+    for lr in (Tensor(np.array([0.1, 0.05], np.float32)), np.array([0.1, 0.05], np.float32)):
+        net = H.build_net(spec)
+        step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), thor(net, lr, DAMP, 0.9))
+        for _ in range(3):
+            step(*H.to_ms(x, y))
+        nets.append(net)
+    for a, b in zip(nets[0].trainable_params(), nets[1].trainable_params()):
+        np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())

@@ -195,11 +195,21 @@ class ConvertNetUtils:
             return "excluded by thor_filter"
         return None
 
-    def _eligible(self, full, sub):
-        return self._why_not(full, sub) is None
+    def _decide(self, full, sub, conv):
+        """(new cell or None, reason or None): the one decision behind plan() and conversion."""
+        why = self._why_not(full, sub)
+        if why is not None:
+            return None, why
+        new = conv(sub)
+        if isinstance(new, str):
+            return None, new
+        return new, None
 
     def plan(self, net):
         """Names of the layers that are (or would become) THOR layers, in conversion order.
+
+        The same decision as :meth:`convert_to_thor_net` (the converters are run, their results
+        discarded), so layers a converter refuses are not counted.
 
         Args:
             net (Cell): the network (not modified).
@@ -210,7 +220,7 @@ class ConvertNetUtils:
         names = []
 
         def visit(parent, name, full, sub, conv, already):
-            if already or self._eligible(full, sub):
+            if already or self._decide(full, sub, conv)[0] is not None:
                 names.append(full)
         self._walk(net, "", visit)
         return names
@@ -238,14 +248,11 @@ class ConvertNetUtils:
             if already:
                 rows.append((full, kind, "yes", "already a THOR layer"))
                 return
-            why = self._why_not(full, sub)
-            if why is None:
-                new = conv(sub)
-                if isinstance(new, str):
-                    why = new
+            new, why = self._decide(full, sub, conv)
+            if new is None:
+                if self._why_not(full, sub) is None:  # the converter refused it
                     _LOG.warning("THOR conversion: '%s' (%s) left unconverted: %s", full, kind,
-                                 new)
-            if why is not None:
+                                 why)
                 rows.append((full, kind, "no", why))
                 return
             _name_like(sub, new, full)

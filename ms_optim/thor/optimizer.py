@@ -32,11 +32,8 @@ _F32_EPS = 2.0 ** -23
 CLIP_NORM = 1.0
 
 
-def _validate_schedule(value, arg_name, tensor_required):
+def _validate_schedule(value, arg_name):
     """Return a float32 1-D numpy copy of a 0-D/1-D schedule (lr, damping) or raise."""
-    if tensor_required and not isinstance(value, Tensor):
-        raise TypeError(f"For '{_NAME}', the argument '{arg_name}' must be Tensor, "
-                        f"but got {type(value).__name__}.")
     if not isinstance(value, (Tensor, np.ndarray)):
         raise TypeError(f"For '{_NAME}', the argument '{arg_name}' must be Tensor or numpy.ndarray, "
                         f"but got {type(value).__name__}.")
@@ -494,7 +491,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         - The result does not depend on `loss_scale` (a static loss scale, e.g.
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
           Dynamic loss scaling is not supported.
-        - Grouped convolutions are left unconverted (plain gradient), with a log message.
+        - Grouped convolutions are left unconverted (plain gradient), with a warning.
         - Layers are converted in place, as sub-cells of `net`: a `net` that is itself a
           convertible layer (e.g. a bare ``nn.Dense``) cannot be replaced and raises ValueError
           (wrap it: ``nn.SequentialCell([net])``). A network with no layer THOR can
@@ -514,8 +511,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
 
     Args:
         net (Cell): the network; converted in place after all arguments are validated.
-        learning_rate (Tensor): 0-D or 1-D per-step learning rates.
-        damping (Tensor): 0-D or 1-D per-step damping :math:`\lambda_t \ge 0`.
+        learning_rate (Union[Tensor, numpy.ndarray]): 0-D or 1-D per-step learning rates.
+        damping (Union[Tensor, numpy.ndarray]): 0-D or 1-D per-step damping
+            :math:`\lambda_t \ge 0`.
         momentum (float): :math:`\mu \ge 0`.
         weight_decay (Union[float, int]): :math:`wd \ge 0`. Default: ``0.0``.
         loss_scale (Union[float, int]): static loss scale :math:`s > 0`. Default: ``1.0``.
@@ -549,9 +547,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         bool, True.
 
     Raises:
-        TypeError: If `net` is not a Cell.
-        TypeError: If `learning_rate` is not a Tensor.
-        TypeError: If `damping` is not a Tensor or numpy array of a float dtype.
+        TypeError: If `net` is not a Cell, or is an optimizer.
+        TypeError: If `learning_rate` or `damping` is not a Tensor or numpy array of a float dtype.
         TypeError: If `momentum` is not a float.
         TypeError: If `loss_scale` is neither float nor int.
         TypeError: If `weight_decay` is neither float nor int.
@@ -592,9 +589,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         True
     """
     # ---- validation: everything before the network is touched ------------------------------
-    if not isinstance(net, nn.Cell):
-        raise TypeError(f"For '{_NAME}', the argument 'net' must be Cell, "
-                        f"but got {type(net).__name__}.")
+    if not isinstance(net, nn.Cell) or isinstance(net, nn.Optimizer):
+        raise TypeError(f"For '{_NAME}', the argument 'net' must be the network (a Cell that is "
+                        f"not an optimizer), but got {type(net).__name__}.")
     check_float(_NAME, "momentum", momentum)
     check_non_negative(_NAME, "momentum", momentum)
     check_type(_NAME, "weight_decay", weight_decay, (float, numbers.Integral), "float or int")
@@ -607,8 +604,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     if frequency < 2:
         raise ValueError(f"For '{_NAME}', the argument 'frequency' must be at least 2, "
                          f"but got {frequency}.")
-    lr_values = _validate_schedule(learning_rate, "learning_rate", tensor_required=True)
-    damping_values = _validate_schedule(damping, "damping", tensor_required=False)
+    lr_values = _validate_schedule(learning_rate, "learning_rate")
+    damping_values = _validate_schedule(damping, "damping")
     check_bool(_NAME, "use_nesterov", use_nesterov)
     check_int(_NAME, "batch_size", batch_size)
     if batch_size <= 0:
@@ -636,9 +633,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         decay_filter(p)
     # ---- only now change the network ---------------------------------------------------------
     converter.convert_to_thor_net(net)
-    lr_tensor = learning_rate if lr_values.size > 1 else Tensor(float(lr_values[0]), ms.float32)
-    if lr_values.size > 1:
-        lr_tensor = Tensor(lr_values)
+    lr_tensor = Tensor(lr_values) if lr_values.size > 1 else Tensor(float(lr_values[0]), ms.float32)
     return ThorOptimizer(net, net.trainable_params(), lr_tensor, damping_values, momentum,
                          weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
                          split_indices, enable_clip_grad, frequency, resolved, distribute_inversion)
