@@ -207,7 +207,8 @@ def lars_available():
 
 
 def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=None,
-                    batch_size=32, coefficient=0.001, use_clip=False, damping=0.03, frequency=10):
+                    batch_size=32, coefficient=0.001, use_clip=False, damping=0.03, frequency=10,
+                    thor_kwargs=None):
     """Create the optimizer called ``name`` for ``net``.
 
     Args:
@@ -223,6 +224,7 @@ def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=Non
         use_clip (bool): LARS ``use_clip`` (LARC: trust ratio / lr clipped to [0, 1]).
         damping (float): THOR damping :math:`\\lambda` (constant).
         frequency (int): THOR inverse refresh period in steps.
+        thor_kwargs (dict): more keyword arguments of ``ms_optim.thor`` (e.g. ``kl_clip``).
     """
     if name == "thor":
         if not thor_available():
@@ -233,7 +235,7 @@ def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=Non
         damping_arr = Tensor(np.full(steps, damping, np.float32))
         return ms_optim.thor(net, lr_arr, damping_arr, momentum, weight_decay=weight_decay,
                              batch_size=batch_size, decay_filter=_decay_filter(net),
-                             frequency=frequency)
+                             frequency=frequency, **(thor_kwargs or {}))
     decayed = [p for p in net.trainable_params() if _decay_filter(net)(p)]
     others = [p for p in net.trainable_params() if not _decay_filter(net)(p)]
     groups = [{"params": decayed, "weight_decay": weight_decay},

@@ -157,7 +157,7 @@ class ThorOptimizer(nn.Optimizer):
 
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
-                 frequency, backend, distribute_inversion, kernels=None):
+                 frequency, backend, distribute_inversion, kernels=None, kl_clip=None):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         self.frequency = frequency
@@ -201,6 +201,13 @@ class ThorOptimizer(nn.Optimizer):
         self._layer_of_param = tuple(widx.index(i) if i in widx else -1
                                      for i in range(len(self._parameters)))
         self._is_layernorm = tuple(i in ln_idx for i in range(len(self._parameters)))
+        self._is_preconditioned = tuple(self._layer_of_param[i] >= 0 or self._is_layernorm[i]
+                                        for i in range(len(self._parameters)))
+        self._preconditioned = tuple(i for i, f in enumerate(self._is_preconditioned) if f)
+        #: KAISA's KL clip: kappa (None: off) and the last step's factor nu (checkpointed)
+        self.kl_clip = kl_clip
+        self.thor_kl_scale = Parameter(Tensor(1.0, ms.float32), name="thor_kl_scale",
+                                       requires_grad=False)
         self.stat_a = ParameterTuple([c.matrix_a for c in layers])
         self.stat_g = ParameterTuple([c.matrix_g for c in layers])
         self.stat_t = ParameterTuple([c.thor_t for c in layers])
@@ -412,7 +419,7 @@ class ThorOptimizer(nn.Optimizer):
             n_batch = Tensor(float(self.batch_size), ms.float32)
         # data parallel: the rule uses the global batch (equal per-rank batches)
         n_batch = n_batch * self.group_size
-        success = True
+        precond = ()
         for i in range(len(params)):
             grad = ops.cast(gradients[i], ms.float32)
             k = self._layer_of_param[i]
@@ -426,6 +433,18 @@ class ThorOptimizer(nn.Optimizer):
                     grad = kfac.embedding_precondition(a_inv[k], grad, g_inv[k][0])
             elif self._is_layernorm[i]:
                 grad = kfac.layernorm_precondition(grad, n_batch, lam)
+            precond = precond + (grad,)
+        success = True
+        if self.kl_clip is not None:
+            idx = self._preconditioned
+            nu = kfac.kl_clip_scale(tuple(precond[i] for i in idx),
+                                    tuple(ops.cast(gradients[i], ms.float32) for i in idx),
+                                    lr, self.kl_clip)
+            success = ops.depend(success, ops.assign(self.thor_kl_scale, nu))
+            precond = tuple(precond[i] * nu if self._is_preconditioned[i] else precond[i]
+                            for i in range(len(params)))
+        for i in range(len(params)):
+            grad = precond[i]
             if self.weight_decay_value > 0 and self.decay_flags[i]:
                 grad = grad + self.weight_decay_value * params[i]
             if self.enable_clip_grad:
@@ -443,7 +462,7 @@ class ThorOptimizer(nn.Optimizer):
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
-         thor_filter=None, verbose=False):
+         thor_filter=None, verbose=False, kl_clip=None):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -539,6 +558,12 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             gradient). Default: ``None`` (all convertible layers).
         verbose (bool): keyword-only; print the conversion table (every convertible layer: path,
             type, converted or why not; :meth:`ConvertNetUtils.table`). Default: ``False``.
+        kl_clip (float): keyword-only; KAISA's KL clip :math:`\kappa > 0`: the preconditioned
+            gradients :math:`\tilde g` of the Dense/Conv2d/Embedding weights and LayerNorm
+            parameters are multiplied by :math:`\nu = \min(1, \sqrt{\kappa / (lr_t^2 \sum
+            \langle \tilde g, g\rangle)})` (:func:`ms_optim.ops.kfac.kl_clip_scale`) before
+            weight decay; the last :math:`\nu` is kept in the Parameter ``thor_kl_scale``.
+            Default: ``None`` (off).
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -558,7 +583,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `decay_filter` is not callable.
         TypeError: If `thor_filter` is neither None nor callable.
         TypeError: If `split_indices` is not a list/tuple of int.
+        TypeError: If `kl_clip` is neither None nor a float or int.
         ValueError: If `loss_scale` <= 0.
+        ValueError: If `kl_clip` <= 0.
         ValueError: If `weight_decay` or `momentum` < 0.
         ValueError: If `frequency` < 2.
         ValueError: If `batch_size` <= 0.
@@ -614,6 +641,10 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     check_bool(_NAME, "enable_clip_grad", enable_clip_grad)
     check_bool(_NAME, "distribute_inversion", distribute_inversion)
     check_bool(_NAME, "verbose", verbose)
+    if kl_clip is not None:
+        check_type(_NAME, "kl_clip", kl_clip, (float, numbers.Integral), "None, float or int")
+        kl_clip = float(kl_clip)
+        check_positive(_NAME, "kl_clip", kl_clip)
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -636,4 +667,5 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     lr_tensor = Tensor(lr_values) if lr_values.size > 1 else Tensor(float(lr_values[0]), ms.float32)
     return ThorOptimizer(net, net.trainable_params(), lr_tensor, damping_values, momentum,
                          weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
-                         split_indices, enable_clip_grad, frequency, resolved, distribute_inversion)
+                         split_indices, enable_clip_grad, frequency, resolved, distribute_inversion,
+                         kl_clip=kl_clip)

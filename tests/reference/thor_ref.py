@@ -155,10 +155,12 @@ def layernorm_rule(g, n, lam):
 
 
 def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
-             nesterov=False, decay_all=True, start_step=0):
+             nesterov=False, decay_all=True, start_step=0, kl_clip=None):
     """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
 
     ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
+    ``kl_clip``: KAISA's rule, the preconditioned weight gradients scaled by
+    ``min(1, sqrt(kl_clip / (lr^2 sum <pg, g>)))``.
     """
     layers = [dict(l) for l in layers]
     vel = {}
@@ -172,6 +174,7 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
         lam = damping[min(step, damping.size - 1)]
         loss, grads, stats = forward_backward(layers, x, y)
         losses.append(loss)
+        updates = {}
         for li, layer in enumerate(layers):
             if grads[li] is None:
                 continue
@@ -183,9 +186,16 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 inv[li] = (block_diag_inverse(a, delta), block_diag_inverse(g, delta), t)
             w2 = layer["w"].reshape(layer["w"].shape[0], -1)
             a_inv, g_inv, t = inv.get(li, (np.eye(w2.shape[1]), np.eye(w2.shape[0]), 1))
-            new = {"w": precondition(g_inv, gw, a_inv, t)}
+            updates[li] = {"w": precondition(g_inv, gw, a_inv, t)}
             if gb is not None:
-                new["b"] = gb
+                updates[li]["b"] = gb
+        if kl_clip is not None:
+            vg = lr_t ** 2 * sum(np.sum(u["w"] * grads[li][0]) for li, u in updates.items())
+            nu = min(1.0, np.sqrt(kl_clip / vg)) if vg > 0 else 1.0
+            for u in updates.values():
+                u["w"] = nu * u["w"]
+        for li, new in updates.items():
+            layer = layers[li]
             for key, g in new.items():
                 if weight_decay > 0 and decay_all:
                     g = g + weight_decay * layer[key]
