@@ -4,13 +4,15 @@ Written from the formulas of You, Gitman & Ginsburg (2017), "Large Batch Trainin
 Convolutional Networks" (arXiv:1708.03888), keeping the signature, defaults and documented
 exceptions of the deprecated ``mindspore.nn.LARS``.
 """
+import numpy as np
+
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
 from . import _backend
 from ._validation import (check_bool, check_callable, check_float, check_non_negative)
-from .ops.trust_ratio import lars_gradient
+from .ops.trust_ratio import apply_scales, lars_scales, square_sum
 
 __all__ = ["LARS", "lars_filter_for"]
 
@@ -23,18 +25,36 @@ def _upstream_default_filter(x):
 
 
 # --------------------------------------------------------------------------------------------
-# Per-parameter kernels. Both realise ops.trust_ratio.lars_gradient; the backend only decides
-# which one runs. A future fused LARS+Momentum kernel is a third entry here.
+# Kernels. Both realise ops.trust_ratio.lars_gradient; the backend only decides which runs.
+# Portable (every device, both modes): per parameter one multiply-reduce for sum(w^2) and one for
+# sum(g^2); the trust ratios of all layers in one vectorised ops.trust_ratio.lars_scales call;
+# then per parameter one fused g' = a*g + b*w (loss scale and weight decay folded into a, b).
 # --------------------------------------------------------------------------------------------
-_portable_lars = C.MultitypeFuncGraph("ms_optim_portable_lars")
+_square_sum = C.MultitypeFuncGraph("ms_optim_square_sum")
 
 
-@_portable_lars.register("Number", "Number", "Bool", "Tensor", "Tensor", "Tensor", "Tensor",
-                         "Bool")
-def _portable_lars_tensor(epsilon, coefficient, use_clip, lr, weight_decay, weight, gradient,
-                          adapt):
-    return lars_gradient(weight, gradient, weight_decay, coefficient, epsilon, use_clip, lr,
-                         adapt)
+@_square_sum.register("Bool", "Tensor")
+def _square_sum_tensor(adapt, x):
+    # Excluded layers get 0, which lars_scales maps to tau = 1 (its zero-norm guard).
+    return square_sum(x) if adapt else _ZERO
+
+
+_ZERO = Tensor(0.0, ms.float32)
+
+_apply = C.MultitypeFuncGraph("ms_optim_apply_lars_scales")
+
+
+@_apply.register("Bool", "Tensor", "Tensor", "Bool", "Tensor", "Tensor")
+def _apply_tensor(scale_gradient, a, b, decay, weight, gradient):
+    return apply_scales(a, b, weight, gradient, scale_gradient, decay)
+
+
+_to_f32_scalar = C.MultitypeFuncGraph("ms_optim_to_f32_scalar")
+
+
+@_to_f32_scalar.register("Tensor")
+def _to_f32_scalar_tensor(x):
+    return ops.reshape(ops.cast(x, ms.float32), ())
 
 
 _fused_lars = C.MultitypeFuncGraph("ms_optim_fused_lars")
@@ -330,6 +350,11 @@ class LARS(nn.Optimizer):
         if self.backend == _backend.ASCEND:
             self._lars_update = _backend.get_primitive("LARSUpdate")(epsilon, coefficient, use_clip)
             self._square_sum_all = _backend.get_primitive("SquareSumAll")()
+        # What the portable graph is specialised on, known when it is built: which parameters
+        # are decayed (b*w is left out elsewhere) and which need a*g (adapted or loss-scaled).
+        self._decays = tuple(bool(self.exec_weight_decay and f) for f in self.decay_flags)
+        self._decay_mask = Tensor(np.array(self._decays, np.float32))
+        self._scales_grad = tuple(self.need_scale or f for f in lars_flags)
 
         # The wrapped optimizer keeps only its update rule.
         optimizer.exec_weight_decay = False
@@ -359,32 +384,56 @@ class LARS(nn.Optimizer):
         return tuple(ops.cast(wd, ms.float32) / self.loss_scale if f else ops.zeros((), ms.float32)
                      for f in self.decay_flags)
 
-    def _transform(self, lr, weight_decay, gradients):
-        params, flags = self._parameters, self.lars_flag
-        per_param_lr = self.use_clip and self.is_group_lr
-        if self.backend == _backend.ASCEND:
-            if per_param_lr:
-                return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
-                                                  self.epsilon, self.use_clip),
-                                      lr, weight_decay, params, gradients, flags)
-            return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
-                                              self.epsilon, self.use_clip, lr),
-                                  weight_decay, params, gradients, flags)
-        if per_param_lr:
-            return self.hyper_map(ops.partial(_portable_lars, self.epsilon, self.coefficient,
-                                              self.use_clip),
-                                  lr, weight_decay, params, gradients, flags)
-        return self.hyper_map(ops.partial(_portable_lars, self.epsilon, self.coefficient,
-                                          self.use_clip, lr),
-                              weight_decay, params, gradients, flags)
+    def _weight_decay_vector(self):
+        """lambda per parameter as one float32 vector: 0 where not decayed, loss scale divided out."""
+        if not self.exec_weight_decay:
+            return self._decay_mask  # all zeros
+        wd = self.get_weight_decay()
+        if self.is_group:
+            wd = ops.stack(self.hyper_map(_to_f32_scalar, wd))
+        else:
+            wd = ops.reshape(ops.cast(wd, ms.float32), ())
+        return wd / self.loss_scale * self._decay_mask
 
-    def construct(self, gradients):
-        gradients = self.flatten_gradients(gradients)
+    def _clip_lr(self):
+        """The learning rate(s) the clipped ratio divides by (a vector with group lr)."""
+        if not self.use_clip:
+            return None
+        lr = self.get_lr()
+        if self.is_group_lr:
+            return ops.stack(self.hyper_map(_to_f32_scalar, lr))
+        return ops.reshape(ops.cast(lr, ms.float32), ())
+
+    def _portable(self, gradients):
+        params = self._parameters
+        w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, params))
+        g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
+        grad_scale = self.reciprocal_scale if self.need_scale else 1.0
+        a, b = lars_scales(w_sq, g_sq, self._weight_decay_vector(), self.coefficient,
+                           self.epsilon, self.use_clip, self._clip_lr(), grad_scale)
+        return self.hyper_map(_apply, self._scales_grad, ops.unstack(a), ops.unstack(b),
+                              self._decays, params, gradients)
+
+    def _ascend(self, gradients):
         if self.need_scale:
             gradients = self.hyper_map(ops.partial(_scale_grad, self.reciprocal_scale), gradients)
         lr = self._current_lr()
         weight_decay = self._current_weight_decay()
-        gradients = self._transform(lr, weight_decay, gradients)
+        params, flags = self._parameters, self.lars_flag
+        if self.use_clip and self.is_group_lr:
+            return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
+                                              self.epsilon, self.use_clip),
+                                  lr, weight_decay, params, gradients, flags)
+        return self.hyper_map(ops.partial(_fused_lars, self._lars_update, self._square_sum_all,
+                                          self.epsilon, self.use_clip, lr),
+                              weight_decay, params, gradients, flags)
+
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        if self.backend == _backend.ASCEND:
+            gradients = self._ascend(gradients)
+        else:
+            gradients = self._portable(gradients)
         return self.opt(gradients)
 
     def parameter_table(self):
