@@ -42,6 +42,8 @@ class _StatsMixin:
         self.thor = True
         #: (d_in, d_out) of a Kronecker-factored layer whose statistics are diagonal blocks
         self.thor_dims = dims
+        #: cast the output to float32 (set by amp O1 in ConvertModelUtils on a float16 layer)
+        self.thor_float32_output = False
         self.matrix_a = Parameter(Tensor(np.zeros(a_shape, np.float32)), name="matrix_a",
                                   requires_grad=False)
         self.matrix_g = Parameter(Tensor(np.zeros(g_shape, np.float32)), name="matrix_g",
@@ -140,7 +142,9 @@ class DenseThor(nn.Dense, _StatsMixin):
             x = self.activation(x)
         if len(x_shape) != 2:
             x = ops.reshape(x, x_shape[:-1] + (x.shape[-1],))
-        return ops.depend(x, self.matrix_g)
+        if self.thor_float32_output:
+            x = ops.cast(x, ms.float32)
+        return x
 
 
 class Conv2dThor(nn.Conv2d, _StatsMixin):
@@ -231,17 +235,22 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     def construct(self, x):
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(x.shape[0]), ms.float32)))
         if self.thor:
-            p = self.im2col(ops.cast(x, ms.float32), self.patch_kernel)
+            # Patches in the compute dtype (x's: float16 under mixed precision): the 0/1 kernel
+            # selects one input element per output, so they are exact; A is formed in float32.
+            p = self.im2col(x, ops.cast(self.patch_kernel, x.dtype))
             n, d, h, w = p.shape
             p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
-            x = ops.depend(x, ops.assign(self.matrix_a, kfac.input_covariance_blocks(p)))
+            a = kfac.input_covariance_blocks(ops.cast(p, ms.float32))
+            x = ops.depend(x, ops.assign(self.matrix_a, a))
             out = self.conv2d(x, self.weight)
             out = self.get_g(out)
         else:
             out = self.conv2d(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
-        return ops.depend(out, self.matrix_g)
+        if self.thor_float32_output:
+            out = ops.cast(out, ms.float32)
+        return out
 
 
 class _EmbeddingStatsMixin(_StatsMixin):
@@ -261,7 +270,7 @@ class _EmbeddingStatsMixin(_StatsMixin):
             out = self.get_g(ops.reshape(rows, out_shape))
         else:
             out = ops.reshape(rows, out_shape)
-        return ops.depend(out, self.matrix_g)
+        return out
 
 
 class EmbeddingThor(nn.Embedding, _EmbeddingStatsMixin):
@@ -389,3 +398,24 @@ class EmbeddingLookupThor(nn.EmbeddingLookup, _EmbeddingStatsMixin):
 
 #: Layer kinds THOR preconditions with a Kronecker rule / an embedding rule.
 THOR_LAYERS = (DenseThor, Conv2dThor, EmbeddingThor, EmbeddingLookupThor)
+
+
+def _keep_whole_under_rewrite(classes):
+    """Make the THOR layers opaque to ``mindspore.rewrite`` (used by ``amp_level="O1"``).
+
+    O1 regenerates a network's Python source, descending into every user cell and the functions
+    its ``construct`` calls, and casts the whitelisted primitives it finds to float16. Inside a
+    THOR layer that would cast the covariance matmuls of the statistics (which must stay
+    float32), and the regenerated module loses module-level names (``NameError``). Cells listed
+    in the rewrite's subtree black list are kept as one call of the original object instead.
+    """
+    try:
+        from mindspore.rewrite.common import namespace
+    except ImportError:  # no rewrite package: nothing descends into the layers
+        return
+    black = getattr(namespace, "_subtree_black_list", None)
+    if isinstance(black, list):
+        black.extend(c for c in classes if c not in black)
+
+
+_keep_whole_under_rewrite(THOR_LAYERS)
