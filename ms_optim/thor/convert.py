@@ -340,10 +340,16 @@ class ConvertModelUtils:
             scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
             optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
             ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.
-            Mixed precision follows ``mindspore.train.Model``'s rules: with `amp_level` ``"O2"``
-            or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides whether
-            BatchNorm stays in float32 (``True``: ``mindspore.amp.auto_mixed_precision`` level
-            ``"O2"``; ``False``: level ``"O3"``, everything in float16).
+            Mixed precision follows ``mindspore.train.Model``'s rules, applied to `network` (in
+            place), the loss computed in float32 on the output cast to float32: with `amp_level`
+            ``"O2"`` or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides
+            whether BatchNorm stays in float32 (``True``: ``mindspore.amp.auto_mixed_precision``
+            level ``"O2"``; ``False``: level ``"O3"``, everything in float16). ``"O1"`` runs the
+            cells of ``mindspore.amp.get_white_list()`` (Dense, Conv, RNN cells, hence every
+            Dense/Conv2d THOR layer) in float16 with float32 outputs, the rest in float32; it is
+            applied without ``mindspore.rewrite`` (which fails on a network it already rewrote,
+            e.g. inside ``Model(amp_level="O1")``). THOR's statistics and inverses are float32 at
+            every level.
 
         Args:
             model (Model): the model built by the user.
@@ -351,8 +357,8 @@ class ConvertModelUtils:
             loss_fn (Cell): the loss. Default: ``None``.
             optimizer (Cell): the optimizer from :func:`ms_optim.thor`. Default: ``None``.
             metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
-            amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"``, applied with
-                ``mindspore.amp.auto_mixed_precision`` (see Note). Default: ``"O0"``.
+            amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"`` (see Note).
+                Default: ``"O0"``.
             loss_scale_manager (FixedLossScaleManager): a static loss scale with
                 ``drop_overflow_update=False``. Default: ``None``.
             keep_batchnorm_fp32 (bool): with `amp_level` ``"O2"``/``"O3"``, keep BatchNorm in
@@ -363,6 +369,8 @@ class ConvertModelUtils:
 
         Raises:
             TypeError: If `keep_batchnorm_fp32` is not a bool.
+            ValueError: If `amp_level` is not one of ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"``,
+                ``"auto"``.
             ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
                 or its scale differs from the optimizer's `loss_scale`, or `loss_fn` is None with
                 a THOR optimizer.
