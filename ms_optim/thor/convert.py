@@ -75,7 +75,7 @@ def _name_like(old, new, full):
     attr = "weight" if hasattr(old, "weight") else "embedding_table"
     prefix = wname[:-len(attr)] if wname.endswith(attr) else (full + ".")
     original = {id(p): p.name for p in old.get_parameters()}
-    for rel, param in new.parameters_and_names():
+    for rel, param in tuple(new.parameters_and_names()) + new._statistics():  # pylint: disable=protected-access
         param.name = original.get(id(param), prefix + rel)
 
 

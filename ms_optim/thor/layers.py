@@ -44,13 +44,26 @@ class _StatsMixin:
         self.thor_dims = dims
         #: cast the output to float32 (set by amp O1 in ConvertModelUtils on a float16 layer)
         self.thor_float32_output = False
-        self.matrix_a = Parameter(Tensor(np.zeros(a_shape, np.float32)), name="matrix_a",
-                                  requires_grad=False)
-        self.matrix_g = Parameter(Tensor(np.zeros(g_shape, np.float32)), name="matrix_g",
-                                  requires_grad=False)
-        self.thor_t = Parameter(Tensor(1.0, ms.float32), name="thor_t", requires_grad=False)
-        self.thor_n = Parameter(Tensor(1.0, ms.float32), name="thor_n", requires_grad=False)
+        self._set_statistic("matrix_a", np.zeros(a_shape, np.float32))
+        self._set_statistic("matrix_g", np.zeros(g_shape, np.float32))
+        self._set_statistic("thor_t", np.float32(1.0))
+        self._set_statistic("thor_n", np.float32(1.0))
         self.get_g = ops.InsertGradientOf(self._save_gradient)
+
+    def _set_statistic(self, name, value):
+        """A float32 statistic Parameter kept out of the cell's Parameter registry.
+
+        It is an attribute (``layer.matrix_a``) and a free Parameter of the compiled graph (assign
+        and read work in GRAPH and PYNATIVE), but ``parameters_and_names()`` does not list it, so
+        ``save_checkpoint`` / ``ModelCheckpoint`` do not store it and ``load_param_into_net`` does
+        not expect it: the next refresh recomputes it before anything reads it.
+        """
+        param = Parameter(Tensor(value, ms.float32), name=name, requires_grad=False)
+        object.__setattr__(self, name, param)  # bypass Cell.__setattr__'s registration
+
+    def _statistics(self):
+        """``(attribute name, Parameter)`` of the unsaved statistics."""
+        return tuple((k, getattr(self, k)) for k in ("matrix_a", "matrix_g", "thor_t", "thor_n"))
 
     def _store_g(self, dout_rows, n, t):
         """Store G = (N/T) D^T D, only its diagonal 128-blocks for Dense/Conv2d (loss scale left

@@ -183,10 +183,12 @@ class ThorOptimizer(nn.Optimizer):
         self._layer_of_param = tuple(widx.index(i) if i in widx else -1
                                      for i in range(len(self._parameters)))
         self._is_layernorm = tuple(i in ln_idx for i in range(len(self._parameters)))
-        self.stat_a = ParameterTuple([c.matrix_a for c in layers])
-        self.stat_g = ParameterTuple([c.matrix_g for c in layers])
-        self.stat_t = ParameterTuple([c.thor_t for c in layers])
-        self.stat_n = ParameterTuple([layers[0].thor_n] if layers else [])
+        # The layers' statistics, held unregistered (plain tuples) like in the layers: not in
+        # parameters_and_names(), hence not checkpointed (the next refresh recomputes them).
+        object.__setattr__(self, "stat_a", tuple(c.matrix_a for c in layers))
+        object.__setattr__(self, "stat_g", tuple(c.matrix_g for c in layers))
+        object.__setattr__(self, "stat_t", tuple(c.thor_t for c in layers))
+        object.__setattr__(self, "stat_n", (layers[0].thor_n,) if layers else ())
 
         a_inv, g_inv, t_keep, costs, dims = [], [], [], [], []
         for k, cell in enumerate(layers):
