@@ -15,7 +15,13 @@ non-trainable Parameters, the minibatch statistics THOR needs:
 * ``thor_t``: :math:`T`, the output locations per sample of that refresh.
 
 Every forward also records ``thor_n`` (:math:`N`, the batch actually seen). When ``thor`` is
-False nothing else is computed: a stale step costs a first-order step. The flag is set by
+False nothing else is computed: a stale step costs a first-order step.
+
+The statistics are float32 whatever the compute dtype (inputs, patches and output gradients are
+cast to float32 before the covariances are formed; Conv2d's im2col runs in the compute dtype,
+which is exact: each patch entry is one input element). They are not in the layer's Parameter
+registry (``parameters_and_names()``), so checkpoints do not store them: the next refresh
+recomputes them before anything reads them (the optimizer checkpoints the inverses). The flag is set by
 :class:`ms_optim.thor.ThorTrainOneStepCell` (and :func:`ms_optim.thor.ConvertModelUtils`); the
 turning of statistics into preconditioners is the optimizer's job (:func:`ms_optim.thor.thor`).
 """
