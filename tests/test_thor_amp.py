@@ -89,18 +89,26 @@ def _thor(net, loss_scale):
                 loss_scale=float(loss_scale), frequency=FREQ)
 
 
-def run_model(level, keep_bn=False, loss_scale=1.0):
-    """ms.Model(amp_level=level) + convert_to_thor_model(amp_level=level), as the model zoo."""
+def run_model(level, keep_bn=False, loss_scale=1.0, zoo_order=False):
+    """ms.Model(amp_level=level) + convert_to_thor_model(amp_level=level). ``zoo_order``: as the
+    model zoo's ResNet script, the Model is built (with Momentum, casting the network) before
+    ``thor`` converts the network."""
     x, y = _data()
     net = ConvNet()
     init = _weights(net)
-    opt = _thor(net, loss_scale)
     loss = _loss()
     kw = {}
     if loss_scale != 1.0 or level == "O2":  # Model's O2 default manager is dynamic (not on CPU)
         kw["loss_scale_manager"] = FixedLossScaleManager(loss_scale, drop_overflow_update=False)
-    model = ms.train.Model(net, loss_fn=loss, optimizer=opt, amp_level=level,
-                           keep_batchnorm_fp32=keep_bn, **kw)
+    if zoo_order:
+        first = nn.Momentum(net.trainable_params(), LR, 0.9, loss_scale=float(loss_scale))
+        model = ms.train.Model(net, loss_fn=loss, optimizer=first, amp_level=level,
+                               keep_batchnorm_fp32=keep_bn, **kw)
+        opt = _thor(net, loss_scale)
+    else:
+        opt = _thor(net, loss_scale)
+        model = ms.train.Model(net, loss_fn=loss, optimizer=opt, amp_level=level,
+                               keep_batchnorm_fp32=keep_bn, **kw)
     model = ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, amp_level=level,
                                                     keep_batchnorm_fp32=keep_bn, **kw)
     cb = _Losses()
@@ -189,12 +197,14 @@ def _assert_close_to_reference(reference, net, init):
     return errs
 
 
-@pytest.mark.parametrize("level,keep_bn,loss_scale", [
-    ("O1", False, 1.0), ("O2", True, 128.0), ("O2", False, 128.0), ("O3", True, 128.0),
-    ("O3", False, 128.0)])
-def test_model_amp_trains_like_float32(reference, level, keep_bn, loss_scale):
+@pytest.mark.parametrize("level,keep_bn,loss_scale,zoo_order", [
+    ("O1", False, 1.0, False), ("O2", True, 128.0, False), ("O2", False, 128.0, False),
+    ("O3", True, 128.0, False), ("O3", False, 128.0, False), ("auto", False, 128.0, False),
+    ("O3", False, 128.0, True), ("O2", True, 128.0, True)])
+def test_model_amp_trains_like_float32(reference, level, keep_bn, loss_scale, zoo_order):
     ms.set_context(mode=ms.GRAPH_MODE)
-    net, opt, init, losses = run_model(level, keep_bn, loss_scale)
+    net, opt, init, losses = run_model(level, keep_bn, loss_scale, zoo_order)
+    assert type(net.conv).__name__ == "Conv2dThor" and type(net.fc).__name__ == "DenseThor"
     check_run(net, opt, losses)
     _assert_close_to_reference(reference, net, init)
 
@@ -326,9 +336,13 @@ def _measure():
     rows = []
     for level, keep_bn, ls in [("O0", False, 1.0), ("O1", False, 1.0), ("O2", True, 128.0),
                                ("O2", False, 128.0), ("O3", True, 128.0), ("O3", False, 128.0),
-                               ("O3", False, 1024.0), ("O3", False, 1.0)]:
+                               ("O3", False, 1024.0), ("O3", False, 1.0), ("auto", False, 128.0)]:
         net, _, init, losses = run_model(level, keep_bn, ls)
         rows.append((f"Model {level} keep_bn={keep_bn} ls={ls:g}",
+                     max(update_errors(init, net, ref_init, ref_net).values()), losses))
+    for level, keep_bn in [("O3", False), ("O2", True)]:
+        net, _, init, losses = run_model(level, keep_bn, 128.0, zoo_order=True)
+        rows.append((f"Model {level} keep_bn={keep_bn} ls=128 zoo order",
                      max(update_errors(init, net, ref_init, ref_net).values()), losses))
     for how in ["O1", "O2", "O3", "to_float"]:
         net, _, init, losses = run_cell(how, 1.0 if how == "O1" else 128.0)

@@ -349,7 +349,10 @@ class ConvertModelUtils:
             Dense/Conv2d THOR layer) in float16 with float32 outputs, the rest in float32; it is
             applied without ``mindspore.rewrite`` (which fails on a network it already rewrote,
             e.g. inside ``Model(amp_level="O1")``). THOR's statistics and inverses are float32 at
-            every level.
+            every level. The model zoo's order (``Model(..., amp_level=...)`` built before
+            :func:`ms_optim.thor` converts the network) works for ``"O2"``/``"O3"``; with
+            ``"O1"`` build the Model after :func:`ms_optim.thor` (MindSpore's O1 rewrite replaces
+            the classes of the network's Dense/Conv2d cells, which THOR then cannot convert).
 
         Args:
             model (Model): the model built by the user.
