@@ -115,7 +115,7 @@ def test_convert_model_rejects_drop_overflow_and_bad_keep_bn():
 
 @pytest.mark.parametrize("amp_level,keep_bn,expected", [
     ("O2", True, "O2"), ("O2", False, "O3"), ("O3", True, "O2"), ("O3", False, "O3"),
-    ("O1", True, "O1"), ("O0", True, None)])
+    ("O1", True, None), ("O0", True, None)])  # O1: applied without the rewrite (test_thor_amp.py)
 def test_convert_model_keep_batchnorm_fp32_selects_amp_level(monkeypatch, amp_level, keep_bn, expected):
     from mindspore import amp
     calls = []

@@ -7,7 +7,9 @@ original activation cell, so outputs are identical before and after conversion.
 """
 import logging
 
+import mindspore as ms
 from mindspore import nn
+from mindspore.ops import functional as F
 from mindspore.train import Model
 
 from .._validation import check_bool
@@ -73,8 +75,88 @@ def _name_like(old, new, full):
     attr = "weight" if hasattr(old, "weight") else "embedding_table"
     prefix = wname[:-len(attr)] if wname.endswith(attr) else (full + ".")
     original = {id(p): p.name for p in old.get_parameters()}
-    for rel, param in new.parameters_and_names():
+    for rel, param in tuple(new.parameters_and_names()) + new._statistics():  # pylint: disable=protected-access
         param.name = original.get(id(param), prefix + rel)
+
+
+def _copy_precision_flags(old, new):
+    """Carry the cell's own mixed-precision setting (``to_float``: flags fp16/fp32/bf16) over to
+    its THOR replacement, so a network cast before :func:`ms_optim.thor` keeps its precision."""
+    flags = {k: old.__dict__[k] for k in ("fp16", "fp32", "bf16") if k in old.__dict__}
+    if flags:
+        new.add_flags(**flags)
+
+
+_AMP_LEVELS = ("O0", "O1", "O2", "O3", "auto")
+
+
+class _WithLossFloat32(nn.Cell):
+    """``loss_fn(backbone(data), label)`` with the backbone's output cast to float32 first (what
+    ``mindspore.train.Model`` builds under mixed precision): the loss runs in float32."""
+
+    def __init__(self, backbone, loss_fn):
+        super().__init__(auto_prefix=False)
+        self._backbone = backbone
+        self._loss_fn = loss_fn
+
+    def construct(self, data, label):
+        out = F.mixed_precision_cast(ms.float32, self._backbone(data))
+        return self._loss_fn(out, F.mixed_precision_cast(ms.float32, label))
+
+
+class _OutputFloat32(nn.Cell):
+    """Runs a float16 cell and casts its output to float32 (amp O1's rule for whitelisted cells);
+    ``auto_prefix=False``: Parameter names are unchanged."""
+
+    def __init__(self, cell):
+        super().__init__(auto_prefix=False)
+        self.cell = cell
+
+    def construct(self, *args):
+        return F.mixed_precision_cast(ms.float32, self.cell(*args))
+
+
+def _precision_set(cell):
+    return any(cell.__dict__.get(k, False) for k in ("fp16", "fp32", "bf16"))
+
+
+def _amp_o1_in_place(network, white):
+    """Amp O1 without ``mindspore.rewrite``: every cell of a whitelisted class (Dense, Conv, RNN
+    cells, hence every Dense/Conv2d THOR layer) runs in float16 with a float32 output; the rest
+    stays float32. (MindSpore's O1 rewrite fails on a network it already rewrote, e.g. inside
+    ``Model(amp_level="O1")``, and would cast the float32 statistic matmuls of THOR layers.)"""
+    changed = False
+    for name, sub in list(network.name_cells().items()):
+        if sub is network or isinstance(sub, _OutputFloat32):
+            continue
+        if isinstance(sub, white) and not _precision_set(sub):
+            sub.to_float(ms.float16)
+            if isinstance(sub, (DenseThor, Conv2dThor)):
+                sub.thor_float32_output = True  # kept in place: its attributes stay reachable
+            else:
+                network.insert_child_to_cell(name, _OutputFloat32(sub))
+                changed = True
+        else:
+            _amp_o1_in_place(sub, white)
+    if changed and isinstance(network, nn.SequentialCell):
+        network.cell_list = list(network.cells())
+
+
+def _amp_network_with_loss(network, loss_fn, amp_level, keep_batchnorm_fp32):
+    """Network with loss under ``amp_level``, as ``mindspore.train.Model`` builds it: mixed
+    precision applied to the backbone only (in place), the loss in float32."""
+    if amp_level == "O0":
+        return nn.WithLossCell(network, loss_fn)
+    from mindspore import amp
+    if amp_level == "O1":
+        white = tuple(c for c in amp.get_white_list() if isinstance(c, type) and issubclass(c, nn.Cell))
+        _amp_o1_in_place(network, white)
+        return _WithLossFloat32(network, loss_fn)
+    level = amp_level
+    if amp_level in ("O2", "O3"):  # as mindspore.train.Model with keep_batchnorm_fp32
+        level = "O2" if keep_batchnorm_fp32 else "O3"
+    backbone = amp.auto_mixed_precision(network, level)  # O2/O3: cast in place, output to float32
+    return _WithLossFloat32(backbone, loss_fn)
 
 
 #: Layer class -> converter. Exact class match (subclasses are not converted implicitly).
@@ -257,6 +339,7 @@ class ConvertNetUtils:
                 return
             _name_like(sub, new, full)
             new.set_train(sub.training)
+            _copy_precision_flags(sub, new)
             parent.insert_child_to_cell(name, new)
             changed.append(parent)
             rows.append((full, kind, "yes", f"-> {type(new).__name__}"))
@@ -323,10 +406,19 @@ class ConvertModelUtils:
             scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
             optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
             ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.
-            Mixed precision follows ``mindspore.train.Model``'s rules: with `amp_level` ``"O2"``
-            or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides whether
-            BatchNorm stays in float32 (``True``: ``mindspore.amp.auto_mixed_precision`` level
-            ``"O2"``; ``False``: level ``"O3"``, everything in float16).
+            Mixed precision follows ``mindspore.train.Model``'s rules, applied to `network` (in
+            place), the loss computed in float32 on the output cast to float32: with `amp_level`
+            ``"O2"`` or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides
+            whether BatchNorm stays in float32 (``True``: ``mindspore.amp.auto_mixed_precision``
+            level ``"O2"``; ``False``: level ``"O3"``, everything in float16). ``"O1"`` runs the
+            cells of ``mindspore.amp.get_white_list()`` (Dense, Conv, RNN cells, hence every
+            Dense/Conv2d THOR layer) in float16 with float32 outputs, the rest in float32; it is
+            applied without ``mindspore.rewrite`` (which fails on a network it already rewrote,
+            e.g. inside ``Model(amp_level="O1")``). THOR's statistics and inverses are float32 at
+            every level. The model zoo's order (``Model(..., amp_level=...)`` built before
+            :func:`ms_optim.thor` converts the network) works for ``"O2"``/``"O3"``; with
+            ``"O1"`` build the Model after :func:`ms_optim.thor` (MindSpore's O1 rewrite replaces
+            the classes of the network's Dense/Conv2d cells, which THOR then cannot convert).
 
         Args:
             model (Model): the model built by the user.
@@ -334,8 +426,8 @@ class ConvertModelUtils:
             loss_fn (Cell): the loss. Default: ``None``.
             optimizer (Cell): the optimizer from :func:`ms_optim.thor`. Default: ``None``.
             metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
-            amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"``, applied with
-                ``mindspore.amp.auto_mixed_precision`` (see Note). Default: ``"O0"``.
+            amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"`` (see Note).
+                Default: ``"O0"``.
             loss_scale_manager (FixedLossScaleManager): a static loss scale with
                 ``drop_overflow_update=False``. Default: ``None``.
             keep_batchnorm_fp32 (bool): with `amp_level` ``"O2"``/``"O3"``, keep BatchNorm in
@@ -349,6 +441,8 @@ class ConvertModelUtils:
             TypeError: If `network` is not a Cell.
             TypeError: If `optimizer` is not the optimizer returned by :func:`ms_optim.thor`.
             TypeError: If `keep_batchnorm_fp32` is not a bool.
+            ValueError: If `amp_level` is not one of ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"``,
+                ``"auto"``.
             ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
                 or its scale differs from the optimizer's `loss_scale`, or `loss_fn` is None with
                 a THOR optimizer.
@@ -380,6 +474,9 @@ class ConvertModelUtils:
                             "optimizer returned by ms_optim.thor, but got "
                             f"{type(optimizer).__name__}.")
         check_bool("convert_to_thor_model", "keep_batchnorm_fp32", keep_batchnorm_fp32)
+        if not isinstance(amp_level, str) or amp_level not in _AMP_LEVELS:
+            raise ValueError("For 'convert_to_thor_model', the argument 'amp_level' must be one of "
+                             f"{list(_AMP_LEVELS)}, but got {amp_level!r}.")
         if loss_fn is None:
             raise ValueError("For 'convert_to_thor_model', the argument 'loss_fn' must be given "
                              "with a THOR optimizer.")
@@ -399,13 +496,7 @@ class ConvertModelUtils:
                 raise ValueError("For 'convert_to_thor_model', the loss scale of "
                                  f"'loss_scale_manager' ({sens}) must equal the optimizer's "
                                  f"'loss_scale' ({optimizer.loss_scale}).")
-        net_with_loss = nn.WithLossCell(network, loss_fn)
-        if amp_level != "O0":
-            from mindspore import amp
-            level = amp_level
-            if amp_level in ("O2", "O3"):  # as mindspore.train.Model with keep_batchnorm_fp32
-                level = "O2" if keep_batchnorm_fp32 else "O3"
-            amp.auto_mixed_precision(net_with_loss, level)
+        net_with_loss = _amp_network_with_loss(network, loss_fn, amp_level, keep_batchnorm_fp32)
         train_cell = ThorTrainOneStepCell(net_with_loss, optimizer, sens=sens)
         eval_network = nn.WithEvalCell(network, loss_fn, amp_level in ("O2", "O3", "auto"))
         return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,

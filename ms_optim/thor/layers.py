@@ -15,7 +15,13 @@ non-trainable Parameters, the minibatch statistics THOR needs:
 * ``thor_t``: :math:`T`, the output locations per sample of that refresh.
 
 Every forward also records ``thor_n`` (:math:`N`, the batch actually seen). When ``thor`` is
-False nothing else is computed: a stale step costs a first-order step. The flag is set by
+False nothing else is computed: a stale step costs a first-order step.
+
+The statistics are float32 whatever the compute dtype (inputs, patches and output gradients are
+cast to float32 before the covariances are formed; Conv2d's im2col runs in the compute dtype,
+which is exact: each patch entry is one input element). They are not in the layer's Parameter
+registry (``parameters_and_names()``), so checkpoints do not store them: the next refresh
+recomputes them before anything reads them (the optimizer checkpoints the inverses). The flag is set by
 :class:`ms_optim.thor.ThorTrainOneStepCell` (and :func:`ms_optim.thor.ConvertModelUtils`); the
 turning of statistics into preconditioners is the optimizer's job (:func:`ms_optim.thor.thor`).
 """
@@ -42,13 +48,28 @@ class _StatsMixin:
         self.thor = True
         #: (d_in, d_out) of a Kronecker-factored layer whose statistics are diagonal blocks
         self.thor_dims = dims
-        self.matrix_a = Parameter(Tensor(np.zeros(a_shape, np.float32)), name="matrix_a",
-                                  requires_grad=False)
-        self.matrix_g = Parameter(Tensor(np.zeros(g_shape, np.float32)), name="matrix_g",
-                                  requires_grad=False)
-        self.thor_t = Parameter(Tensor(1.0, ms.float32), name="thor_t", requires_grad=False)
-        self.thor_n = Parameter(Tensor(1.0, ms.float32), name="thor_n", requires_grad=False)
+        #: cast the output to float32 (set by amp O1 in ConvertModelUtils on a float16 layer)
+        self.thor_float32_output = False
+        self._set_statistic("matrix_a", np.zeros(a_shape, np.float32))
+        self._set_statistic("matrix_g", np.zeros(g_shape, np.float32))
+        self._set_statistic("thor_t", np.float32(1.0))
+        self._set_statistic("thor_n", np.float32(1.0))
         self.get_g = ops.InsertGradientOf(self._save_gradient)
+
+    def _set_statistic(self, name, value):
+        """A float32 statistic Parameter kept out of the cell's Parameter registry.
+
+        It is an attribute (``layer.matrix_a``) and a free Parameter of the compiled graph (assign
+        and read work in GRAPH and PYNATIVE), but ``parameters_and_names()`` does not list it, so
+        ``save_checkpoint`` / ``ModelCheckpoint`` do not store it and ``load_param_into_net`` does
+        not expect it: the next refresh recomputes it before anything reads it.
+        """
+        param = Parameter(Tensor(value, ms.float32), name=name, requires_grad=False)
+        object.__setattr__(self, name, param)  # bypass Cell.__setattr__'s registration
+
+    def _statistics(self):
+        """``(attribute name, Parameter)`` of the unsaved statistics."""
+        return tuple((k, getattr(self, k)) for k in ("matrix_a", "matrix_g", "thor_t", "thor_n"))
 
     def _store_g(self, dout_rows, n, t):
         """Store G = (N/T) D^T D, only its diagonal 128-blocks for Dense/Conv2d (loss scale left
@@ -140,7 +161,9 @@ class DenseThor(nn.Dense, _StatsMixin):
             x = self.activation(x)
         if len(x_shape) != 2:
             x = ops.reshape(x, x_shape[:-1] + (x.shape[-1],))
-        return ops.depend(x, self.matrix_g)
+        if self.thor_float32_output:
+            x = ops.cast(x, ms.float32)
+        return x
 
 
 class Conv2dThor(nn.Conv2d, _StatsMixin):
@@ -231,17 +254,22 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     def construct(self, x):
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(x.shape[0]), ms.float32)))
         if self.thor:
-            p = self.im2col(ops.cast(x, ms.float32), self.patch_kernel)
+            # Patches in the compute dtype (x's: float16 under mixed precision): the 0/1 kernel
+            # selects one input element per output, so they are exact; A is formed in float32.
+            p = self.im2col(x, ops.cast(self.patch_kernel, x.dtype))
             n, d, h, w = p.shape
             p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
-            x = ops.depend(x, ops.assign(self.matrix_a, kfac.input_covariance_blocks(p)))
+            a = kfac.input_covariance_blocks(ops.cast(p, ms.float32))
+            x = ops.depend(x, ops.assign(self.matrix_a, a))
             out = self.conv2d(x, self.weight)
             out = self.get_g(out)
         else:
             out = self.conv2d(x, self.weight)
         if self.has_bias:
             out = self.bias_add(out, self.bias)
-        return ops.depend(out, self.matrix_g)
+        if self.thor_float32_output:
+            out = ops.cast(out, ms.float32)
+        return out
 
 
 class _EmbeddingStatsMixin(_StatsMixin):
@@ -261,7 +289,7 @@ class _EmbeddingStatsMixin(_StatsMixin):
             out = self.get_g(ops.reshape(rows, out_shape))
         else:
             out = ops.reshape(rows, out_shape)
-        return ops.depend(out, self.matrix_g)
+        return out
 
 
 class EmbeddingThor(nn.Embedding, _EmbeddingStatsMixin):
@@ -389,3 +417,24 @@ class EmbeddingLookupThor(nn.EmbeddingLookup, _EmbeddingStatsMixin):
 
 #: Layer kinds THOR preconditions with a Kronecker rule / an embedding rule.
 THOR_LAYERS = (DenseThor, Conv2dThor, EmbeddingThor, EmbeddingLookupThor)
+
+
+def _keep_whole_under_rewrite(classes):
+    """Make the THOR layers opaque to ``mindspore.rewrite`` (used by ``amp_level="O1"``).
+
+    O1 regenerates a network's Python source, descending into every user cell and the functions
+    its ``construct`` calls, and casts the whitelisted primitives it finds to float16. Inside a
+    THOR layer that would cast the covariance matmuls of the statistics (which must stay
+    float32), and the regenerated module loses module-level names (``NameError``). Cells listed
+    in the rewrite's subtree black list are kept as one call of the original object instead.
+    """
+    try:
+        from mindspore.rewrite.common import namespace
+    except ImportError:  # no rewrite package: nothing descends into the layers
+        return
+    black = getattr(namespace, "_subtree_black_list", None)
+    if isinstance(black, list):
+        black.extend(c for c in classes if c not in black)
+
+
+_keep_whole_under_rewrite(THOR_LAYERS)

@@ -208,10 +208,12 @@ class ThorOptimizer(nn.Optimizer):
         self.kl_clip = kl_clip
         self.thor_kl_scale = Parameter(Tensor(1.0, ms.float32), name="thor_kl_scale",
                                        requires_grad=False)
-        self.stat_a = ParameterTuple([c.matrix_a for c in layers])
-        self.stat_g = ParameterTuple([c.matrix_g for c in layers])
-        self.stat_t = ParameterTuple([c.thor_t for c in layers])
-        self.stat_n = ParameterTuple([layers[0].thor_n] if layers else [])
+        # The layers' statistics, held unregistered (plain tuples) like in the layers: not in
+        # parameters_and_names(), hence not checkpointed (the next refresh recomputes them).
+        object.__setattr__(self, "stat_a", tuple(c.matrix_a for c in layers))
+        object.__setattr__(self, "stat_g", tuple(c.matrix_g for c in layers))
+        object.__setattr__(self, "stat_t", tuple(c.thor_t for c in layers))
+        object.__setattr__(self, "stat_n", (layers[0].thor_n,) if layers else ())
 
         a_inv, g_inv, t_keep, costs, dims = [], [], [], [], []
         for k, cell in enumerate(layers):
