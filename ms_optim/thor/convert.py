@@ -262,8 +262,11 @@ class ConvertModelUtils:
         replaces the metrics).
 
         Note:
-            Dataset sink mode is run as the non-sink loop (a warning is logged): the per-step
-            choice between the refresh and the stale graph is made on the host. Only a static loss
+            Dataset sink mode is run as the non-sink loop, with a warning naming the reason
+            (logged to ``logging.getLogger('ms_optim')`` and issued by ``warnings.warn``; on CPU
+            MindSpore 2.10 has no sink mode at all): the per-step choice between the refresh and
+            the stale graph is made on the host. A `sink_size` smaller than the dataset keeps its
+            meaning (steps per epoch, continuing through the data as a sunk loop does). Only a static loss
             scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
             optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
             ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.

@@ -10,6 +10,7 @@ continues the same pattern.
 """
 import logging
 import types
+import warnings
 
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
@@ -263,18 +264,70 @@ class ThorWrapTrainCell(ThorTrainOneStepCell):
         return self.network(*inputs)
 
 
+def _sink_unsupported_reason():
+    """Why THOR's training loop does not sink the dataset on this backend/mode."""
+    target = ms.get_context("device_target")
+    if target == "CPU":
+        return ("MindSpore 2.10 has no dataset sink mode on the CPU backend: the dataset "
+                "queue (InitDataSetQueue) has no CPU kernel, DatasetHelper refuses sink mode on "
+                "CPU and Model.train falls back to the non-sink loop")
+    if ms.get_context("mode") == ms.PYNATIVE_MODE:
+        return "in PYNATIVE mode every step is run from the host"
+    return (f"ms_optim does not sink THOR's refresh and stale graphs on {target} yet (one sunk "
+            "call per phase is not implemented: it could not be tested without a device)")
+
+
+class _SinkChunks:
+    """Iterable source for ``GeneratorDataset``: each pass yields the next `sink_size` rows of
+    `dataset`, continuing where the previous pass stopped (wrapping around), as a sunk loop
+    consumes the data."""
+
+    def __init__(self, dataset, sink_size):
+        self._dataset = dataset
+        self._sink_size = sink_size
+        self._it = None
+
+    def __len__(self):
+        return self._sink_size
+
+    def __iter__(self):
+        if self._it is None:
+            self._it = self._dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
+        for _ in range(self._sink_size):
+            try:
+                row = next(self._it)
+            except StopIteration:  # end of a pass over the data: the next pass starts
+                row = next(self._it)
+            yield tuple(row)
+
+
+def _chunked(dataset, sink_size):
+    """A dataset of `sink_size` rows per epoch, continuing through `dataset` across epochs."""
+    import mindspore.dataset as ds
+    source = _SinkChunks(dataset, sink_size)
+    return ds.GeneratorDataset(source, column_names=dataset.get_col_names(), shuffle=False)
+
+
 class ThorModel(Model):
     """A ``Model`` whose training loop runs step by step through :class:`ThorTrainOneStepCell`.
 
     Built by :meth:`ms_optim.ConvertModelUtils.convert_to_thor_model`. Dataset sink mode is
-    replaced by the non-sink loop (with a warning) so that every step can pick its graph;
-    evaluation (``eval``, ``fit``) works.
+    replaced by the non-sink loop so that every step can pick its graph; a warning naming the
+    reason is logged (``logging.getLogger('ms_optim')``) and issued (``warnings.warn``). A
+    `sink_size` smaller than the dataset keeps its sink meaning: each epoch trains `sink_size`
+    steps, continuing through the dataset across epochs, so the number of steps and the data
+    order are those of a sunk run. Evaluation (``eval``, ``fit``) works.
     """
 
     def _train(self, epoch, train_dataset, callbacks=None, dataset_sink_mode=True, sink_size=-1,
                initial_epoch=0, *args, **kwargs):
         if dataset_sink_mode:
-            _LOG.warning("THOR: dataset sink mode is run as the non-sink loop so that the refresh "
-                         "and stale graphs alternate every step (frequency is honoured).")
+            msg = (f"THOR: dataset_sink_mode=True is run as the non-sink loop ("
+                   f"{_sink_unsupported_reason()}); the refresh/stale graph is chosen every step "
+                   "on the host, sink_size is kept as the steps per epoch.")
+            _LOG.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            if 0 < sink_size != train_dataset.get_dataset_size():
+                train_dataset = _chunked(train_dataset, sink_size)
         return super()._train(epoch, train_dataset, callbacks, False, sink_size, initial_epoch,
                               *args, **kwargs)
