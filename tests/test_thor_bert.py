@@ -5,8 +5,8 @@ Pattern (mindspore-ai/models official/nlp/Bert_thor/run_pretrain.py):
 loss-scale cell with a ``DynamicLossScaleUpdateCell``), ``Model(net_with_grads)``,
 ``ConvertModelUtils().convert_to_thor_model(model, network=net_with_grads, optimizer=optimizer)``.
 The tiny model has every BERT layer kind THOR treats (EmbeddingLookup, Dense, LayerNorm, GELU)
-and a masked-LM loss, and is checked against the float64 reference
-(:func:`reference.thor_ref.run_thor_tiny_bert`). It has no attention block.
+in one encoder layer (single-head self-attention, no attention mask) and a masked-LM loss, and
+is checked against the float64 reference (:func:`reference.thor_ref.run_thor_tiny_bert`).
 """
 import numpy as np
 import pytest
@@ -27,12 +27,21 @@ DAMP = np.array([0.3, 0.2, 0.1], np.float32)
 
 
 class TinyBert(nn.Cell):
-    """Embedding -> LayerNorm -> FFN block (GELU, residual, LayerNorm) -> masked-LM head."""
+    """Embedding -> LayerNorm -> encoder layer (single-head self-attention, residual, LayerNorm,
+    GELU feed-forward, residual, LayerNorm) -> masked-LM head."""
 
     def __init__(self):
         super().__init__()
         self.embedding = nn.EmbeddingLookup(V, H)
         self.layernorm1 = nn.LayerNorm((H,))
+        self.query = nn.Dense(H, H)
+        self.key = nn.Dense(H, H)
+        self.value = nn.Dense(H, H)
+        self.attn_out = nn.Dense(H, H)
+        self.layernorm_attn = nn.LayerNorm((H,))
+        self.softmax = nn.Softmax(axis=-1)
+        self.scores = ops.BatchMatMul(transpose_b=True)
+        self.context = ops.BatchMatMul()
         self.ffn_in = nn.Dense(H, F, activation=nn.GELU())
         self.ffn_out = nn.Dense(F, H)
         self.layernorm2 = nn.LayerNorm((H,))
@@ -43,7 +52,9 @@ class TinyBert(nn.Cell):
 
     def construct(self, ids, positions):
         h0 = self.layernorm1(self.embedding(ids))
-        h1 = self.layernorm2(h0 + self.ffn_out(self.ffn_in(h0)))
+        probs = self.softmax(self.scores(self.query(h0), self.key(h0)) * (1.0 / np.sqrt(H)))
+        ha = self.layernorm_attn(h0 + self.attn_out(self.context(probs, self.value(h0))))
+        h1 = self.layernorm2(ha + self.ffn_out(self.ffn_in(ha)))
         rows = ops.reshape(h1, (B * S, H))
         picked = ops.gather(rows, ops.reshape(positions + self.offsets, (-1,)), 0)
         return self.decoder(self.layernorm3(self.head(picked)))
@@ -126,8 +137,9 @@ def _decay_filter(x):
 def init_params(seed=0):
     rng = np.random.default_rng(seed)
     p = {"embedding": rng.standard_normal((V, H)) * 0.5}
-    for name, (o, i) in {"ffn_in": (F, H), "ffn_out": (H, F), "head": (H, H),
-                         "decoder": (V, H)}.items():
+    shapes = {"query": (H, H), "key": (H, H), "value": (H, H), "attn_out": (H, H),
+              "ffn_in": (F, H), "ffn_out": (H, F), "head": (H, H), "decoder": (V, H)}
+    for name, (o, i) in shapes.items():
         p[name + ".w"] = rng.standard_normal((o, i)) / np.sqrt(i)
         p[name + ".b"] = rng.standard_normal(o) * 0.1
     for name in thor_ref.TINY_BERT_LAYERNORM:
@@ -194,7 +206,7 @@ def test_bert_pattern_matches_float64_reference(mode):
     driver = model._train_network
     assert isinstance(driver, ThorWrapTrainCell)
     layers = [c for _, c in net.cells_and_names() if hasattr(c, "matrix_a")]
-    assert [type(c).__name__ for c in layers] == ["EmbeddingLookupThor"] + ["DenseThor"] * 4
+    assert [type(c).__name__ for c in layers] == ["EmbeddingLookupThor"] + ["DenseThor"] * 8
     losses, stats, refreshes = [], [], []
     for batch in data:
         refreshes.append(driver.next_step_refreshes())

@@ -259,13 +259,20 @@ def clip_by_norm(g, clip=1.0):
     return g * clip / max(np.sqrt((g * g).sum()), clip)
 
 
-TINY_BERT_DENSE = ("ffn_in", "ffn_out", "head", "decoder")
-TINY_BERT_LAYERNORM = ("layernorm1", "layernorm2", "layernorm3")
+TINY_BERT_DENSE = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "head", "decoder")
+TINY_BERT_LAYERNORM = ("layernorm1", "layernorm_attn", "layernorm2", "layernorm3")
+
+
+def _softmax_last(x):
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 def tiny_bert_forward_backward(p, ids, positions, mlm_ids, mlm_w, eps=1e-7):
-    """Embedding -> LayerNorm -> [Dense+GELU -> Dense, residual, LayerNorm] -> gather masked
-    positions -> Dense+GELU -> LayerNorm -> Dense (vocab) -> masked-LM loss.
+    """Embedding -> LayerNorm -> one encoder layer [single-head self-attention (query, key,
+    value, attn_out Dense; scores / sqrt(H), softmax), residual, LayerNorm; Dense+GELU -> Dense,
+    residual, LayerNorm] -> gather masked positions -> Dense+GELU -> LayerNorm -> Dense (vocab)
+    -> masked-LM loss.
 
     ``p``: {"embedding": (V, H), "<dense>.w": (out, in), "<dense>.b", "<ln>.g", "<ln>.b"}.
     Returns (loss, grads, stats): stats[dense] = (X rows, D rows, N); stats["embedding"] =
@@ -273,12 +280,20 @@ def tiny_bert_forward_backward(p, ids, positions, mlm_ids, mlm_w, eps=1e-7):
     """
     b, s = ids.shape
     h = p["embedding"].shape[1]
+    scale = 1.0 / np.sqrt(h)
     x0 = p["embedding"][ids.reshape(-1)]
     h0, c1 = layernorm_forward(x0, p["layernorm1.g"], p["layernorm1.b"], eps)
-    z1 = h0 @ p["ffn_in.w"].T + p["ffn_in.b"]
+    q = (h0 @ p["query.w"].T + p["query.b"]).reshape(b, s, h)
+    k = (h0 @ p["key.w"].T + p["key.b"]).reshape(b, s, h)
+    v = (h0 @ p["value.w"].T + p["value.b"]).reshape(b, s, h)
+    probs = _softmax_last(q @ k.transpose(0, 2, 1) * scale)
+    ctx = (probs @ v).reshape(b * s, h)
+    za = ctx @ p["attn_out.w"].T + p["attn_out.b"]
+    ha, ca = layernorm_forward(h0 + za, p["layernorm_attn.g"], p["layernorm_attn.b"], eps)
+    z1 = ha @ p["ffn_in.w"].T + p["ffn_in.b"]
     a1 = gelu_tanh(z1)
     z2 = a1 @ p["ffn_out.w"].T + p["ffn_out.b"]
-    h1, c2 = layernorm_forward(h0 + z2, p["layernorm2.g"], p["layernorm2.b"], eps)
+    h1, c2 = layernorm_forward(ha + z2, p["layernorm2.g"], p["layernorm2.b"], eps)
     idx = (positions + np.arange(b)[:, None] * s).reshape(-1)
     g_rows = h1[idx]
     z3 = g_rows @ p["head.w"].T + p["head.b"]
@@ -305,7 +320,17 @@ def tiny_bert_forward_backward(p, ids, positions, mlm_ids, mlm_w, eps=1e-7):
     np.add.at(dh1, idx, dg)
     dr = ln_back("layernorm2", dh1, c2)
     da1 = dense_back("ffn_out", a1, dr)
-    dh0 = dr + dense_back("ffn_in", h0, da1 * gelu_tanh_grad(z1))
+    dha = dr + dense_back("ffn_in", ha, da1 * gelu_tanh_grad(z1))
+    dra = ln_back("layernorm_attn", dha, ca)
+    dctx = dense_back("attn_out", ctx, dra).reshape(b, s, h)
+    dprobs = dctx @ v.transpose(0, 2, 1)
+    dv = probs.transpose(0, 2, 1) @ dctx
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) * scale
+    dq = dscores @ k
+    dk = dscores.transpose(0, 2, 1) @ q
+    dh0 = dra
+    for name, d in (("query", dq), ("key", dk), ("value", dv)):
+        dh0 = dh0 + dense_back(name, h0, d.reshape(b * s, h))
     dx0 = ln_back("layernorm1", dh0, c1)
     ge = np.zeros_like(p["embedding"])
     np.add.at(ge, ids.reshape(-1), dx0)
