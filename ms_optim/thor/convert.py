@@ -400,9 +400,22 @@ class ConvertModelUtils:
         evaluation (``Model.eval``, ``Model.fit``) works. Unlike upstream, which silently returns
         `model` unchanged for any other optimizer, anything but a THOR optimizer raises TypeError.
 
+        Without `loss_fn`, `network` is the user's own train cell (the model zoo's BERT-THOR
+        pattern: an ``nn.TrainOneStepCell`` or ``nn.TrainOneStepWithLossScaleCell`` subclass,
+        e.g. ``BertTrainOneStepCell``, whose ``optimizer`` is `optimizer`): it is driven by
+        ``ms_optim.thor.model.ThorWrapTrainCell``, which calls it unchanged and switches the
+        refresh and stale graphs of the layers inside it; a dynamic loss scale of the cell is
+        removed from the curvature statistics every step, and on a backend without MindSpore's
+        overflow kernels (CPU) the cell gets a portable overflow check (any non-finite gradient).
+        The eval network, metrics and eval indexes of `model` are kept (`metrics`, if given,
+        replaces the metrics).
+
         Note:
-            Dataset sink mode is run as the non-sink loop (a warning is logged): the per-step
-            choice between the refresh and the stale graph is made on the host. Only a static loss
+            Dataset sink mode is run as the non-sink loop, with a warning naming the reason
+            (logged to ``logging.getLogger('ms_optim')`` and issued by ``warnings.warn``; on CPU
+            MindSpore 2.10 has no sink mode at all): the per-step choice between the refresh and
+            the stale graph is made on the host. A `sink_size` smaller than the dataset keeps its
+            meaning (steps per epoch, continuing through the data as a sunk loop does). Only a static loss
             scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
             optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
             ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.
@@ -422,7 +435,7 @@ class ConvertModelUtils:
 
         Args:
             model (Model): the model built by the user.
-            network (Cell): the network (without loss).
+            network (Cell): the network (without loss); without `loss_fn`: the train cell.
             loss_fn (Cell): the loss. Default: ``None``.
             optimizer (Cell): the optimizer from :func:`ms_optim.thor`. Default: ``None``.
             metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
@@ -444,8 +457,10 @@ class ConvertModelUtils:
             ValueError: If `amp_level` is not one of ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"``,
                 ``"auto"``.
             ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
-                or its scale differs from the optimizer's `loss_scale`, or `loss_fn` is None with
-                a THOR optimizer.
+                or its scale differs from the optimizer's `loss_scale`; or, without `loss_fn`,
+                `network` is not an ``nn.TrainOneStepCell``, its optimizer is not `optimizer`,
+                its static ``sens`` differs from the optimizer's `loss_scale`, or
+                `loss_scale_manager`, `amp_level` or `keep_batchnorm_fp32` is not the default.
 
         Examples:
             >>> import numpy as np
@@ -478,8 +493,9 @@ class ConvertModelUtils:
             raise ValueError("For 'convert_to_thor_model', the argument 'amp_level' must be one of "
                              f"{list(_AMP_LEVELS)}, but got {amp_level!r}.")
         if loss_fn is None:
-            raise ValueError("For 'convert_to_thor_model', the argument 'loss_fn' must be given "
-                             "with a THOR optimizer.")
+            return ConvertModelUtils._convert_train_cell_model(
+                model, network, optimizer, metrics, amp_level, loss_scale_manager,
+                keep_batchnorm_fp32)
         sens = 1.0
         if loss_scale_manager is not None:
             from mindspore.amp import FixedLossScaleManager
@@ -501,3 +517,33 @@ class ConvertModelUtils:
         eval_network = nn.WithEvalCell(network, loss_fn, amp_level in ("O2", "O3", "auto"))
         return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,
                          eval_indexes=[0, 1, 2])
+
+    @staticmethod
+    def _convert_train_cell_model(model, network, optimizer, metrics, amp_level,
+                                  loss_scale_manager, keep_batchnorm_fp32):
+        """`network` is the user's train cell (no `loss_fn`): drive it, keep the model's eval."""
+        from .model import ThorModel, ThorTrainOneStepCell, ThorWrapTrainCell
+        name = "convert_to_thor_model"
+        if not isinstance(network, nn.TrainOneStepCell):
+            raise ValueError(f"For '{name}', without 'loss_fn' the argument 'network' must be the "
+                             "train cell (an nn.TrainOneStepCell or nn.TrainOneStepWithLossScaleCell "
+                             f"subclass, e.g. the model zoo's BertTrainOneStepCell), but got "
+                             f"{type(network).__name__}.")
+        if loss_scale_manager is not None or amp_level != "O0" or keep_batchnorm_fp32:
+            raise ValueError(f"For '{name}', with a train cell as 'network' (no 'loss_fn') the "
+                             "cell carries its own loss scaling and precision: "
+                             "'loss_scale_manager', 'amp_level' and 'keep_batchnorm_fp32' must "
+                             "keep their defaults (None, 'O0', False).")
+        if getattr(network, "optimizer", None) is not optimizer:
+            raise ValueError(f"For '{name}', the optimizer of the train cell 'network' must be "
+                             "the THOR optimizer given as 'optimizer'.")
+        if isinstance(network, ThorTrainOneStepCell):
+            train_cell = network
+        else:
+            train_cell = ThorWrapTrainCell(network, optimizer)
+        eval_network = getattr(model, "_eval_network", None)
+        eval_indexes = getattr(model, "_eval_indexes", None) if eval_network is not None else None
+        if metrics is None:
+            metrics = getattr(model, "_metrics", None)
+        return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,
+                         eval_indexes=eval_indexes)

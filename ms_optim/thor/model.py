@@ -9,11 +9,14 @@ Because the counter is the optimizer's checkpointed ``global_step``, resuming fr
 continues the same pattern.
 """
 import logging
+import types
+import warnings
 
-from mindspore import nn
+import mindspore as ms
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.train import Model
 
-__all__ = ["ThorTrainOneStepCell", "ThorModel"]
+__all__ = ["ThorTrainOneStepCell", "ThorWrapTrainCell", "ThorModel"]
 
 _LOG = logging.getLogger("ms_optim")
 _REFRESH_PHASE = "thor_refresh"
@@ -95,18 +98,237 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
             self.network.add_flags_recursive(thor=False)
 
 
+def _portable_start_overflow_check(self, pre_cond, compute_input):
+    """Portable ``start_overflow_check``: no float-status register to clear."""
+    status = ops.depend(ops.zeros((8,), ms.int32), pre_cond)
+    return status, compute_input
+
+
+def _portable_get_overflow_status(self, status, compute_output):
+    """Portable ``get_overflow_status``: True when any gradient element is not finite."""
+    finite = ops.depend(ops.ones((), ms.bool_), status)
+    for grad in compute_output:
+        finite = ops.logical_and(finite, ops.isfinite(grad).all())
+    overflow = ops.logical_not(finite)
+    if self.is_distributed:  # overflow on any rank is overflow everywhere
+        flag = self.allreduce(ops.cast(overflow, ms.float32))
+        overflow = flag > 0.5
+    return overflow
+
+
+def _has_overflow_kernel(cell):
+    """Whether MindSpore's own overflow check of `cell` has kernels on this backend (GPU, Ascend)."""
+    return bool(getattr(cell, "gpu_target", False) or getattr(cell, "ascend_910a_target", False)
+                or getattr(cell, "ascend_910b_target", False))
+
+
+def _loss_scale_parameter(cell):
+    """The Parameter holding the dynamic loss scale of a loss-scale train cell.
+
+    ``loss_scale`` when it is a Parameter (the convention of the model zoo's BERT cells, whose
+    ``scale_sense`` stays at its initial value), otherwise MindSpore's ``scale_sense``.
+    """
+    for attr in ("loss_scale", "scale_sense"):
+        value = getattr(cell, attr, None)
+        if isinstance(value, Parameter):
+            return attr, value
+    return None, None
+
+
+class ThorWrapTrainCell(ThorTrainOneStepCell):
+    r"""THOR's refresh/stale switching around a train-step cell the user built.
+
+    The MindSpore model zoo builds its own train cell (e.g. a ``BertTrainOneStepCell`` derived
+    from ``nn.TrainOneStepCell``, or a ``BertTrainOneStepWithLossScaleCell`` derived from
+    ``nn.TrainOneStepWithLossScaleCell``) around the THOR optimizer. This cell calls that
+    `train_cell` unchanged and inherits the switching of :class:`ThorTrainOneStepCell`: before
+    every call the compile-time flag ``thor`` of the layers and the optimizer and the phase of
+    this (top) cell are set from the optimizer's ``global_step``, so refresh steps happen at
+    global steps 0, F, 2F, ...
+
+    .. math::
+
+        \text{refresh}_t = (t \bmod F = 0),\qquad t = \text{optimizer.global\_step}
+
+    Note:
+        - ``nn.TrainOneStepCell`` subclass: its ``sens`` is the static loss scale and must equal
+          the optimizer's `loss_scale` (the curvature statistics carry ``sens``).
+        - ``nn.TrainOneStepWithLossScaleCell`` subclass (dynamic loss scaling): the cell removes
+          the scale from the gradients and calls the optimizer only on steps without overflow
+          (its own ``construct`` decides; a skipped step leaves weights, moments, inverses and
+          ``global_step`` unchanged, so the refresh is retried on the next step). Before each
+          call this cell copies the cell's current scale (the Parameter ``loss_scale`` if the
+          cell has one, as the model zoo's BERT cells do, else ``scale_sense``) into a Parameter
+          that the optimizer divides out of :math:`G` (as :math:`1/s_t^2`): the result does not
+          depend on the scale. Build the optimizer with ``loss_scale=1.0`` (another value
+          divides the already unscaled gradients once more, as with any MindSpore optimizer; a
+          warning is logged).
+        - On a backend without MindSpore's overflow kernels (CPU: ``NPUGetFloatStatusV2`` has no
+          CPU kernel), the cell instance gets portable ``start_overflow_check`` and
+          ``get_overflow_status`` methods (overflow = any non-finite gradient element; summed
+          over the ranks in data parallel); in GRAPH mode the compiled graph calls these
+          instance methods.
+
+    Args:
+        train_cell (Cell): an ``nn.TrainOneStepCell`` (or ``nn.TrainOneStepWithLossScaleCell``)
+            subclass instance whose ``optimizer`` is `optimizer`.
+        optimizer (Cell): the optimizer from :func:`ms_optim.thor`.
+
+    Inputs:
+        - **\*inputs** (tuple[Tensor]) - the inputs of `train_cell`.
+
+    Outputs:
+        The outputs of `train_cell`.
+
+    Raises:
+        TypeError: If `train_cell` is not an ``nn.TrainOneStepCell`` or `optimizer` is not the
+            optimizer returned by :func:`ms_optim.thor`.
+        ValueError: If ``train_cell.optimizer`` is not `optimizer`, the static ``sens`` differs
+            from the optimizer's `loss_scale`, or a loss-scale cell has no loss-scale Parameter.
+
+    Supported Platforms:
+        ``Ascend`` ``GPU`` ``CPU``
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> from ms_optim import thor
+        >>> from ms_optim.thor.model import ThorWrapTrainCell
+        >>> net = nn.SequentialCell([nn.Dense(3, 2)])
+        >>> opt = thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.1, ms.float32), 0.9, frequency=2)
+        >>> user_cell = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), opt)
+        >>> step = ThorWrapTrainCell(user_cell, opt)
+        >>> x, y = ms.Tensor(np.ones((4, 3), np.float32)), ms.Tensor(np.zeros((4, 2), np.float32))
+        >>> refreshes = []
+        >>> for _ in range(3):
+        ...     refreshes.append(step.next_step_refreshes())
+        ...     _ = step(x, y)
+        >>> refreshes
+        [True, False, True]
+    """
+
+    def __init__(self, train_cell, optimizer):
+        if not isinstance(train_cell, nn.TrainOneStepCell):
+            raise TypeError("For 'ThorWrapTrainCell', the argument 'train_cell' must be an "
+                            "nn.TrainOneStepCell (or nn.TrainOneStepWithLossScaleCell) instance, "
+                            f"but got {type(train_cell).__name__}.")
+        if not hasattr(optimizer, "frequency") or not hasattr(optimizer, "n_layers"):
+            raise TypeError("For 'ThorWrapTrainCell', the argument 'optimizer' must be the "
+                            f"optimizer returned by ms_optim.thor, but got {type(optimizer).__name__}.")
+        if getattr(train_cell, "optimizer", None) is not optimizer:
+            raise ValueError("For 'ThorWrapTrainCell', the optimizer of 'train_cell' must be the "
+                             "THOR optimizer given as 'optimizer', but 'train_cell.optimizer' is "
+                             f"{type(getattr(train_cell, 'optimizer', None)).__name__}"
+                             f" object {id(getattr(train_cell, 'optimizer', None)):#x}.")
+        dynamic = isinstance(train_cell, nn.TrainOneStepWithLossScaleCell)
+        scale_attr, scale_param = _loss_scale_parameter(train_cell) if dynamic else (None, None)
+        if dynamic and scale_param is None:
+            raise ValueError("For 'ThorWrapTrainCell', the loss-scale cell 'train_cell' has no "
+                             "loss-scale Parameter ('loss_scale' or 'scale_sense'): THOR must "
+                             "remove the current scale from its curvature statistics.")
+        if not dynamic:
+            sens = getattr(train_cell, "sens", 1.0)
+            if not isinstance(sens, (int, float)) or isinstance(sens, bool) \
+                    or abs(float(sens) - optimizer.loss_scale) > 1e-6 * abs(float(sens)):
+                raise ValueError("For 'ThorWrapTrainCell', the static loss scale 'sens' of "
+                                 f"'train_cell' ({sens!r}) must equal the optimizer's "
+                                 f"'loss_scale' ({optimizer.loss_scale}).")
+        # the inherited set-up (switching state); the user cell differentiates its own network
+        super().__init__(train_cell, optimizer)
+        train_cell.set_grad(False)
+        self.dynamic_loss_scale = dynamic
+        if dynamic:
+            if optimizer.loss_scale != 1.0:
+                _LOG.warning("THOR: the loss-scale cell '%s' already removes the loss scale from "
+                             "the gradients; the optimizer's loss_scale=%s divides them once "
+                             "more.", type(train_cell).__name__, optimizer.loss_scale)
+            self.scale_attr = scale_attr
+            self.user_loss_scale = scale_param
+            self.thor_step_loss_scale = Parameter(
+                Tensor(scale_param.asnumpy().copy()), name="thor_step_loss_scale",
+                requires_grad=False)
+            optimizer.stat_loss_scale = ParameterTuple([self.thor_step_loss_scale])
+            if not _has_overflow_kernel(train_cell):
+                train_cell.start_overflow_check = types.MethodType(
+                    _portable_start_overflow_check, train_cell)
+                train_cell.get_overflow_status = types.MethodType(
+                    _portable_get_overflow_status, train_cell)
+
+    def construct(self, *inputs):
+        if self.dynamic_loss_scale:
+            # the scale this step's backward runs with (the cell may update it before calling
+            # the optimizer): the optimizer removes it from G
+            done = ops.assign(self.thor_step_loss_scale, self.user_loss_scale)
+            out = self.network(*inputs)
+            return ops.depend(out, done)
+        return self.network(*inputs)
+
+
+def _sink_unsupported_reason():
+    """Why THOR's training loop does not sink the dataset on this backend/mode."""
+    target = ms.get_context("device_target")
+    if target == "CPU":
+        return ("MindSpore 2.10 has no dataset sink mode on the CPU backend: the dataset "
+                "queue (InitDataSetQueue) has no CPU kernel, DatasetHelper refuses sink mode on "
+                "CPU and Model.train falls back to the non-sink loop")
+    if ms.get_context("mode") == ms.PYNATIVE_MODE:
+        return "in PYNATIVE mode every step is run from the host"
+    return (f"ms_optim does not sink THOR's refresh and stale graphs on {target} yet (one sunk "
+            "call per phase is not implemented: it could not be tested without a device)")
+
+
+class _SinkChunks:
+    """Iterable source for ``GeneratorDataset``: each pass yields the next `sink_size` rows of
+    `dataset`, continuing where the previous pass stopped (wrapping around), as a sunk loop
+    consumes the data."""
+
+    def __init__(self, dataset, sink_size):
+        self._dataset = dataset
+        self._sink_size = sink_size
+        self._it = None
+
+    def __len__(self):
+        return self._sink_size
+
+    def __iter__(self):
+        if self._it is None:
+            self._it = self._dataset.create_tuple_iterator(num_epochs=-1, output_numpy=True)
+        for _ in range(self._sink_size):
+            try:
+                row = next(self._it)
+            except StopIteration:  # end of a pass over the data: the next pass starts
+                row = next(self._it)
+            yield tuple(row)
+
+
+def _chunked(dataset, sink_size):
+    """A dataset of `sink_size` rows per epoch, continuing through `dataset` across epochs."""
+    import mindspore.dataset as ds
+    source = _SinkChunks(dataset, sink_size)
+    return ds.GeneratorDataset(source, column_names=dataset.get_col_names(), shuffle=False)
+
+
 class ThorModel(Model):
     """A ``Model`` whose training loop runs step by step through :class:`ThorTrainOneStepCell`.
 
     Built by :meth:`ms_optim.ConvertModelUtils.convert_to_thor_model`. Dataset sink mode is
-    replaced by the non-sink loop (with a warning) so that every step can pick its graph;
-    evaluation (``eval``, ``fit``) works.
+    replaced by the non-sink loop so that every step can pick its graph; a warning naming the
+    reason is logged (``logging.getLogger('ms_optim')``) and issued (``warnings.warn``). A
+    `sink_size` smaller than the dataset keeps its sink meaning: each epoch trains `sink_size`
+    steps, continuing through the dataset across epochs, so the number of steps and the data
+    order are those of a sunk run. Evaluation (``eval``, ``fit``) works.
     """
 
     def _train(self, epoch, train_dataset, callbacks=None, dataset_sink_mode=True, sink_size=-1,
                initial_epoch=0, *args, **kwargs):
         if dataset_sink_mode:
-            _LOG.warning("THOR: dataset sink mode is run as the non-sink loop so that the refresh "
-                         "and stale graphs alternate every step (frequency is honoured).")
+            msg = (f"THOR: dataset_sink_mode=True is run as the non-sink loop ("
+                   f"{_sink_unsupported_reason()}); the refresh/stale graph is chosen every step "
+                   "on the host, sink_size is kept as the steps per epoch.")
+            _LOG.warning(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            if 0 < sink_size != train_dataset.get_dataset_size():
+                train_dataset = _chunked(train_dataset, sink_size)
         return super()._train(epoch, train_dataset, callbacks, False, sink_size, initial_epoch,
                               *args, **kwargs)

@@ -177,6 +177,9 @@ class ThorOptimizer(nn.Optimizer):
         self._n_lr = int(self._lr_values.shape[0]) if self.dynamic_lr else 1
         self._n_damping = int(damping.shape[0])
         self._inv_ls2 = 1.0 / (float(loss_scale) ** 2)
+        #: empty: G carries the static `loss_scale`; (s,): the Parameter holding the dynamic loss
+        #: scale of the step's backward (set by ms_optim.thor.model.ThorWrapTrainCell)
+        self.stat_loss_scale = ParameterTuple(())
 
         # --- map parameters to layers (by identity, never by name counting) -------------------
         pid = {id(p): i for i, p in enumerate(self._parameters)}
@@ -361,7 +364,11 @@ class ThorOptimizer(nn.Optimizer):
         for k in range(self.n_layers):
             # the statistics were written in this step's forward/backward: read them after it
             a = ops.depend(self.stat_a[k], gradients)
-            g = ops.depend(self.stat_g[k], gradients) * self._inv_ls2
+            g = ops.depend(self.stat_g[k], gradients)
+            if self.stat_loss_scale:
+                g = g / ops.square(self.stat_loss_scale[0])
+            else:
+                g = g * self._inv_ls2
             stats = stats + (a, g)
         stats = self._reduce_statistics(stats)
         bufs = ()
@@ -511,7 +518,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           inverses; the event is counted in the Parameter ``thor_fault_count``.
         - The result does not depend on `loss_scale` (a static loss scale, e.g.
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
-          Dynamic loss scaling is not supported.
+          Dynamic loss scaling: only inside the user's own ``nn.TrainOneStepWithLossScaleCell``
+          driven by :meth:`ConvertModelUtils.convert_to_thor_model` (the cell's current scale
+          is removed from :math:`G`; build the optimizer with ``loss_scale=1.0``).
         - Grouped convolutions are left unconverted (plain gradient), with a warning.
         - Layers are converted in place, as sub-cells of `net`: a `net` that is itself a
           convertible layer (e.g. a bare ``nn.Dense``) cannot be replaced and raises ValueError

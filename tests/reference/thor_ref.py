@@ -204,3 +204,191 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 upd = g + momentum * v if nesterov else v
                 layer[key] = layer[key] - lr_t * upd
     return layers, losses
+
+
+# ------------------------------------------------------------------------------------------
+# BERT-like layers: embedding lookup, LayerNorm, GELU (tanh form), masked-LM loss (float64)
+# ------------------------------------------------------------------------------------------
+_GELU_C = np.sqrt(2.0 / np.pi)
+
+
+def gelu_tanh(x):
+    """MindSpore ``nn.GELU()`` (approximate=True): 0.5 x (1 + tanh(sqrt(2/pi)(x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(_GELU_C * (x + 0.044715 * x ** 3)))
+
+
+def gelu_tanh_grad(x):
+    t = np.tanh(_GELU_C * (x + 0.044715 * x ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * _GELU_C * (1.0 + 3 * 0.044715 * x * x)
+
+
+def layernorm_forward(x, gamma, beta, eps):
+    """LayerNorm over the last axis of the rows x (R, H); biased variance."""
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    inv = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mu) * inv
+    return gamma * xhat + beta, (xhat, inv, gamma)
+
+
+def layernorm_backward(dy, cache):
+    """Returns (dx, dgamma, dbeta)."""
+    xhat, inv, gamma = cache
+    dxhat = dy * gamma
+    dx = inv * (dxhat - dxhat.mean(axis=-1, keepdims=True)
+                - xhat * (dxhat * xhat).mean(axis=-1, keepdims=True))
+    return dx, (dy * xhat).sum(0), dy.sum(0)
+
+
+def masked_lm_loss(logits, ids, weights):
+    """sum(w * CE) / (sum(w) + 1e-5) as the model zoo's BERT pre-training loss; (loss, dlogits)."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    prob = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    rows = np.arange(logits.shape[0])
+    per = -np.log(prob[rows, ids])
+    den = weights.sum() + 1e-5
+    loss = (weights * per).sum() / den
+    d = prob.copy()
+    d[rows, ids] -= 1.0
+    return loss, d * (weights / den)[:, None]
+
+
+def embedding_factors(ids, d_rows, vocab_size, n, t):
+    """a = counts / N (diagonal), G = (N / T) D^T D."""
+    a = np.bincount(ids.reshape(-1), minlength=vocab_size).astype(np.float64) / n
+    return a, (n / t) * d_rows.T @ d_rows
+
+
+def embedding_precondition(a, g, grad, lam):
+    """diag(a + sqrt(lam))^-1 grad (G + sqrt(lam) I)^-1 (full G inverse)."""
+    delta = np.sqrt(lam)
+    return (grad / (a + delta)[:, None]) @ np.linalg.inv(g + delta * np.eye(g.shape[0]))
+
+
+def clip_by_norm(g, clip=1.0):
+    return g * clip / max(np.sqrt((g * g).sum()), clip)
+
+
+TINY_BERT_DENSE = ("query", "key", "value", "attn_out", "ffn_in", "ffn_out", "head", "decoder")
+TINY_BERT_LAYERNORM = ("layernorm1", "layernorm_attn", "layernorm2", "layernorm3")
+
+
+def _softmax_last(x):
+    z = np.exp(x - x.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def tiny_bert_forward_backward(p, ids, positions, mlm_ids, mlm_w, eps=1e-7):
+    """Embedding -> LayerNorm -> one encoder layer [single-head self-attention (query, key,
+    value, attn_out Dense; scores / sqrt(H), softmax), residual, LayerNorm; Dense+GELU -> Dense,
+    residual, LayerNorm] -> gather masked positions -> Dense+GELU -> LayerNorm -> Dense (vocab)
+    -> masked-LM loss.
+
+    ``p``: {"embedding": (V, H), "<dense>.w": (out, in), "<dense>.b", "<ln>.g", "<ln>.b"}.
+    Returns (loss, grads, stats): stats[dense] = (X rows, D rows, N); stats["embedding"] =
+    (ids, D rows, N = batch, T = seq); "n" = the batch (N of the LayerNorm rule).
+    """
+    b, s = ids.shape
+    h = p["embedding"].shape[1]
+    scale = 1.0 / np.sqrt(h)
+    x0 = p["embedding"][ids.reshape(-1)]
+    h0, c1 = layernorm_forward(x0, p["layernorm1.g"], p["layernorm1.b"], eps)
+    q = (h0 @ p["query.w"].T + p["query.b"]).reshape(b, s, h)
+    k = (h0 @ p["key.w"].T + p["key.b"]).reshape(b, s, h)
+    v = (h0 @ p["value.w"].T + p["value.b"]).reshape(b, s, h)
+    probs = _softmax_last(q @ k.transpose(0, 2, 1) * scale)
+    ctx = (probs @ v).reshape(b * s, h)
+    za = ctx @ p["attn_out.w"].T + p["attn_out.b"]
+    ha, ca = layernorm_forward(h0 + za, p["layernorm_attn.g"], p["layernorm_attn.b"], eps)
+    z1 = ha @ p["ffn_in.w"].T + p["ffn_in.b"]
+    a1 = gelu_tanh(z1)
+    z2 = a1 @ p["ffn_out.w"].T + p["ffn_out.b"]
+    h1, c2 = layernorm_forward(ha + z2, p["layernorm2.g"], p["layernorm2.b"], eps)
+    idx = (positions + np.arange(b)[:, None] * s).reshape(-1)
+    g_rows = h1[idx]
+    z3 = g_rows @ p["head.w"].T + p["head.b"]
+    a3 = gelu_tanh(z3)
+    h3, c3 = layernorm_forward(a3, p["layernorm3.g"], p["layernorm3.b"], eps)
+    logits = h3 @ p["decoder.w"].T + p["decoder.b"]
+    loss, dlog = masked_lm_loss(logits, mlm_ids.reshape(-1), mlm_w.reshape(-1))
+    grads, stats = {}, {"n": b}
+
+    def dense_back(name, x, dz):
+        grads[name + ".w"] = dz.T @ x
+        grads[name + ".b"] = dz.sum(0)
+        stats[name] = (x, dz, x.shape[0])
+        return dz @ p[name + ".w"]
+
+    def ln_back(name, dy, cache):
+        dx, grads[name + ".g"], grads[name + ".b"] = layernorm_backward(dy, cache)
+        return dx
+
+    dh3 = dense_back("decoder", h3, dlog)
+    da3 = ln_back("layernorm3", dh3, c3)
+    dg = dense_back("head", g_rows, da3 * gelu_tanh_grad(z3))
+    dh1 = np.zeros((b * s, h))
+    np.add.at(dh1, idx, dg)
+    dr = ln_back("layernorm2", dh1, c2)
+    da1 = dense_back("ffn_out", a1, dr)
+    dha = dr + dense_back("ffn_in", ha, da1 * gelu_tanh_grad(z1))
+    dra = ln_back("layernorm_attn", dha, ca)
+    dctx = dense_back("attn_out", ctx, dra).reshape(b, s, h)
+    dprobs = dctx @ v.transpose(0, 2, 1)
+    dv = probs.transpose(0, 2, 1) @ dctx
+    dscores = probs * (dprobs - (dprobs * probs).sum(axis=-1, keepdims=True)) * scale
+    dq = dscores @ k
+    dk = dscores.transpose(0, 2, 1) @ q
+    dh0 = dra
+    for name, d in (("query", dq), ("key", dk), ("value", dv)):
+        dh0 = dh0 + dense_back(name, h0, d.reshape(b * s, h))
+    dx0 = ln_back("layernorm1", dh0, c1)
+    ge = np.zeros_like(p["embedding"])
+    np.add.at(ge, ids.reshape(-1), dx0)
+    grads["embedding"] = ge
+    stats["embedding"] = (ids, dx0, b, s)
+    return loss, grads, stats
+
+
+def run_thor_tiny_bert(params, batches, lr, damping, momentum, frequency, weight_decay=0.0,
+                       clip_grad=False):
+    """THOR on :func:`tiny_bert_forward_backward`: Kronecker rule for the Dense weights, the
+    embedding rule for the table, the LayerNorm rule for gamma/beta, plain gradient for biases;
+    weight decay on every parameter but LayerNorm and biases (the model zoo's decay_filter);
+    optional per-tensor clipping to norm 1. Returns (params, losses)."""
+    p = {k: np.array(v, np.float64) for k, v in params.items()}
+    vel, inv, losses = {}, {}, []
+    lr = np.atleast_1d(np.asarray(lr, np.float64))
+    damping = np.atleast_1d(np.asarray(damping, np.float64))
+    vocab = p["embedding"].shape[0]
+    for step, batch in enumerate(batches):
+        lr_t = lr[min(step, lr.size - 1)]
+        lam = damping[min(step, damping.size - 1)]
+        loss, grads, stats = tiny_bert_forward_backward(p, *batch)
+        losses.append(loss)
+        if step % frequency == 0:
+            for name in TINY_BERT_DENSE:
+                x, d, n = stats[name]
+                a, g = factors(x, d, n, 1)
+                inv[name] = (block_diag_inverse(a, np.sqrt(lam)), block_diag_inverse(g, np.sqrt(lam)))
+            ids, d, n, t = stats["embedding"]
+            inv["embedding"] = embedding_factors(ids, d, vocab, n, t)
+            inv["lam_embedding"] = lam
+        for key in list(p):
+            g = grads[key]
+            layer, _, kind = key.partition(".")
+            if key == "embedding":
+                a, gf = inv["embedding"]
+                g = embedding_precondition(a, gf, g, inv["lam_embedding"])
+            elif layer in TINY_BERT_DENSE and kind == "w":
+                a_inv, g_inv = inv[layer]
+                g = precondition(g_inv, g, a_inv, 1)
+            elif layer in TINY_BERT_LAYERNORM:
+                g = layernorm_rule(g, stats["n"], lam)
+            if weight_decay > 0 and layer not in TINY_BERT_LAYERNORM and kind != "b":
+                g = g + weight_decay * p[key]
+            if clip_grad:
+                g = clip_by_norm(g)
+            v = momentum * vel.get(key, 0.0) + g
+            vel[key] = v
+            p[key] = p[key] - lr_t * v
+    return p, losses
