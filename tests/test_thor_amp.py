@@ -167,7 +167,7 @@ def check_run(net, opt, losses):
         v = inv.asnumpy()
         eye = np.broadcast_to(np.eye(v.shape[-1], dtype=np.float32), v.shape)
         assert np.abs(v - v[..., :1, :1] * eye).max() > 1e-3 * np.abs(v).max(), inv.name
-    assert not opt.fault_count.asnumpy().any()
+    assert not opt.thor_fault_count.asnumpy().any()
     for p in net.trainable_params():
         assert p.dtype == ms.float32 and np.all(np.isfinite(p.asnumpy())), p.name
 

@@ -225,7 +225,7 @@ def test_bert_pattern_matches_float64_reference(mode):
     for key, value in got.items():
         np.testing.assert_allclose(value, ref[key], rtol=RTOL, atol=1e-5, err_msg=key)
     assert int(opt.global_step.asnumpy()[0]) == 3
-    assert not opt.fault_count.asnumpy().any()
+    assert not opt.thor_fault_count.asnumpy().any()
 
 
 def test_embedding_and_layernorm_rules_first_step(mode):
@@ -370,7 +370,7 @@ def test_dynamic_loss_scale_overflow_step_is_skipped(mode):
     assert driver.next_step_refreshes()  # global step 2: a refresh step
     state = lambda: [p.asnumpy().copy() for p in list(net.trainable_params()) + list(opt.moments)
                      + list(opt.a_inv) + list(opt.g_inv) + list(opt.t_keep)
-                     + [opt.global_step, opt.fault_count]]
+                     + [opt.global_step, opt.thor_fault_count]]
     before = state()
     ids, pos, mlm_ids, mlm_w = data[2]
     bad = mlm_w.copy()

@@ -37,7 +37,7 @@ def _state(net, opt):
     for group in (opt.moments, opt.a_inv, opt.g_inv, opt.t_keep):
         out.update({p.name: p.asnumpy().copy() for p in group})
     out["global_step"] = opt.global_step.asnumpy().copy()
-    out["fault_count"] = opt.fault_count.asnumpy().copy()
+    out["fault_count"] = opt.thor_fault_count.asnumpy().copy()
     return out
 
 
@@ -61,7 +61,7 @@ def test_statistics_not_in_checkpoints_resume_state_is(mode, tmp_path):
     assert not stats & set(saved_cell) and not stats & set(saved_net)
     needed = {p.name for p in net.get_parameters()}
     needed |= {p.name for g in (opt.moments, opt.a_inv, opt.g_inv, opt.t_keep) for p in g}
-    needed |= {opt.global_step.name, opt.fault_count.name}
+    needed |= {opt.global_step.name, opt.thor_fault_count.name}
     assert needed <= set(saved_cell), needed - set(saved_cell)
     assert {p.name for p in net.get_parameters()} == set(saved_net)
     # the statistics still exist and were refreshed (step 2), they are just not saved

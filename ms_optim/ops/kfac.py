@@ -19,7 +19,7 @@ __all__ = [
     "spd_block_inverse_cholesky", "inverse_from_upper_inverse", "damped_block_inverse",
     "damped_inverse_of_blocks", "kron_precondition", "layernorm_precondition",
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
-    "momentum_step", "kl_clip_scale",
+    "momentum_step", "kl_clip_scale", "kl_clip_factor",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -444,7 +444,22 @@ def kl_clip_scale(preconditioned, gradients, lr, kl_clip):
     s = ops.zeros((), ms.float32)
     for pg, g in zip(preconditioned, gradients):
         s = s + ops.reduce_sum(ops.cast(pg, ms.float32) * ops.cast(g, ms.float32))
-    s = s * ops.cast(lr, ms.float32) * ops.cast(lr, ms.float32)
+    return kl_clip_factor(s, lr, kl_clip)
+
+
+def kl_clip_factor(inner, lr, kl_clip):
+    r"""The factor :math:`\nu` of :func:`kl_clip_scale` from :math:`\sum_i \langle \tilde g_i,
+    g_i\rangle` (the optimizer sums it per parameter).
+
+    Args:
+        inner (Tensor): :math:`\sum_i \langle \tilde g_i, g_i \rangle`, float32 scalar.
+        lr (Tensor): :math:`lr`.
+        kl_clip (float): :math:`\kappa > 0`.
+
+    Returns:
+        Tensor, float32 scalar :math:`\nu \in (0, 1]`.
+    """
+    s = inner * ops.cast(lr, ms.float32) * ops.cast(lr, ms.float32)
     ok = ops.logical_and(s > 0, ops.isfinite(s))
     one = ops.ones((), ms.float32)
     nu = ops.sqrt(kl_clip / ops.select(ok, s, one))

@@ -2,11 +2,17 @@
 
 MindSpore compiles one graph per ``Cell.phase`` and reuses it: the compile-time flag ``thor`` is
 read when a phase is compiled (verified in GRAPH mode: a cached phase ignores later flag
-changes; in PYNATIVE the flag is read at run time). :class:`ThorTrainOneStepCell` therefore sets
-the flag *and* the phase from the optimizer's ``global_step`` before every call, so refresh steps
-(statistics + inverses) happen at global steps 0, F, 2F, ... and stale steps run the cheap graph.
-Because the counter is the optimizer's checkpointed ``global_step``, resuming from a checkpoint
-continues the same pattern.
+changes; in PYNATIVE the flag is read at run time). :class:`ThorTrainOneStepCell` therefore
+selects the flag *and* the phase per step, so refresh steps (statistics + inverses) happen at
+global steps 0, F, 2F, ... and stale steps run the cheap graph. The step number is the
+optimizer's checkpointed ``global_step``, so resuming from a checkpoint continues the pattern.
+
+Host cost per step: the step number is kept on the host and read from the device (a sync) only
+on the first call and whenever ``global_step``'s storage was replaced (``load_checkpoint`` /
+``load_param_into_net`` / ``set_data`` all replace it; the old storage is held, so its address
+cannot be reused unnoticed). The ``thor`` flag rests False (evaluation compiles and runs without
+statistics) and is flipped to True, on the cached THOR layers and the optimizer only, around
+refresh steps; stale steps touch no flag.
 """
 import logging
 import types
@@ -15,6 +21,8 @@ import warnings
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.train import Model
+
+from .layers import THOR_LAYERS
 
 __all__ = ["ThorTrainOneStepCell", "ThorWrapTrainCell", "ThorModel"]
 
@@ -32,8 +40,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
 
     Note:
         ``sens`` is a static loss scale; build the optimizer with the same ``loss_scale``.
-        After each call the network's ``thor`` flag is left False, so evaluation between steps
-        collects no statistics.
+        After each call the ``thor`` flag of the THOR layers is left False, so evaluation
+        between steps collects no statistics. The step number is read from the device only on
+        the first call and after ``global_step`` was replaced (checkpoint load); see
+        :meth:`resync_step` for other in-place changes.
 
     Args:
         network (Cell): network with loss.
@@ -77,25 +87,61 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         super().__init__(network, optimizer, sens)
         self.frequency = optimizer.frequency
         optimizer.thor_driven = True
+        # the cells that read the flag, found once (a walk of the whole network per step is
+        # what this replaces)
+        self._thor_cells = [c for _, c in network.cells_and_names() if isinstance(c, THOR_LAYERS)]
+        self._set_mode(False)
+        self._host_step = None  # host copy of optimizer.global_step, None: read it
+        self._step_storage = None  # global_step's storage when it was read (held: no reuse)
+
+    def _next_step(self):
+        """The global step of the next call, from the host copy unless it may be stale."""
+        gs = self.optimizer.global_step
+        if self._host_step is None or self._step_storage is None \
+                or gs.data_ptr() != self._step_storage.data_ptr():
+            self._host_step = int(gs.asnumpy().reshape(-1)[0])
+            self._step_storage = gs.data
+        return self._host_step
+
+    def resync_step(self):
+        """Forget the host copy of ``global_step``: the next call reads it from the device.
+
+        Needed only if ``global_step`` was changed in place by other code than this cell (for
+        example by calling the optimizer directly); a checkpoint load is detected by itself.
+        """
+        self._host_step = None
+        self._step_storage = None
 
     def next_step_refreshes(self):
-        """Whether the next call is a refresh step (reads the optimizer's ``global_step``)."""
-        step = int(self.optimizer.global_step.asnumpy().reshape(-1)[0])
-        return step % self.frequency == 0
+        """Whether the next call is a refresh step (from the optimizer's ``global_step``)."""
+        return self._next_step() % self.frequency == 0
 
     def _set_mode(self, refresh):
-        self.network.add_flags_recursive(thor=refresh)
+        for cell in self._thor_cells:
+            cell.add_flags(thor=refresh)
         self.optimizer.add_flags(thor=refresh)
         self.optimizer.thor = refresh
 
     def __call__(self, *args, **kwargs):
         refresh = self.next_step_refreshes()
-        self._set_mode(refresh)
-        self.phase = _REFRESH_PHASE if refresh else _STALE_PHASE
+        ok = False
+        if refresh:
+            self._set_mode(True)
+            self.phase = _REFRESH_PHASE
+        else:
+            self.phase = _STALE_PHASE
         try:
-            return super().__call__(*args, **kwargs)
+            out = super().__call__(*args, **kwargs)
+            ok = True
+            return out
         finally:
-            self.network.add_flags_recursive(thor=False)
+            if refresh:
+                self._set_mode(False)
+            if ok and not getattr(self, "dynamic_loss_scale", False):
+                self._host_step += 1
+            else:
+                # a loss-scale cell may skip the optimizer (overflow): read the step next time
+                self.resync_step()
 
 
 def _portable_start_overflow_check(self, pre_cond, compute_input):

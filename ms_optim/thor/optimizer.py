@@ -164,7 +164,7 @@ class ThorOptimizer(nn.Optimizer):
         #: set by ThorTrainOneStepCell: the refresh/stale switch drives this optimizer
         self.thor_driven = False
         self.backend = backend
-        self.kernels = kernels if kernels is not None else _kernels.get_kernels(backend)
+        self.kernels = kernels if kernels is not None else _kernels.get_kernels(backend)  # property
         self.momentum = Parameter(Tensor(momentum, ms.float32), name="momentum")
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
         self.use_nesterov = use_nesterov
@@ -267,6 +267,39 @@ class ThorOptimizer(nn.Optimizer):
         self._owner = tuple(_assign_owners(costs, self.group_size)) if distribute_inversion \
             else tuple(0 for _ in costs)
 
+        # --- aligned tuples for the hyper_map'ed graph functions ------------------------------
+        self._kron_flags = tuple(kind == "kron" for kind in kinds)
+        self._dims_a = tuple(d[0] for d in dims)
+        self._dims_g = tuple(d[1] for d in dims)
+        param_kind, pp_g, pp_a, pp_t = [], [], [], []
+        for i in range(len(self._parameters)):
+            k = self._layer_of_param[i]
+            if k >= 0:
+                param_kind.append(_KIND_KRON if kinds[k] == "kron" else _KIND_EMBED)
+                pp_g.append(self.g_inv[k])
+                pp_a.append(self.a_inv[k])
+                pp_t.append(self.t_keep[k])
+            else:
+                param_kind.append(_KIND_LAYERNORM if self._is_layernorm[i] else _KIND_PLAIN)
+                # placeholders of the rules without a layer: never read
+                pp_g.append(self.momentum)
+                pp_a.append(self.momentum)
+                pp_t.append(self.momentum)
+        self._param_kind = tuple(param_kind)
+        self._pp_g_inv = ParameterTuple(pp_g)
+        self._pp_a_inv = ParameterTuple(pp_a)
+        self._pp_t = ParameterTuple(pp_t)
+
+    @property
+    def kernels(self):
+        """The block-inverse kernel set (:mod:`ms_optim.thor._kernels`); settable."""
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value):
+        self._kernels = value
+        self._invert_fn = _make_invert_fn(value.spd_block_inverse)
+
     # ----------------------------------------------------------------------------------------
     # Data-parallel seam: identity in stand-alone mode.
     #
@@ -320,88 +353,50 @@ class ThorOptimizer(nn.Optimizer):
         return self._allreduce_buckets(tensors, self._share_plan, self._share_pos)
 
     # ----------------------------------------------------------------------------------------
+    # Graph structure. The per-layer and per-parameter rules are MultitypeFuncGraphs mapped with
+    # ``hyper_map`` over aligned tuples (as ``nn.Momentum`` does), not unrolled Python loops: a
+    # loop of 161 parameter updates exceeds MindSpore's call-depth limit when ResNet-50 is
+    # compiled in GRAPH mode, and layers/parameters of equal shapes share one inferred subgraph.
+    # ----------------------------------------------------------------------------------------
     def _invert_layer(self, k, a, g, lam):
         """Damped inverses of layer k with the fault guard; returns (a_inv, g_inv, ok float)."""
-        t = ops.depend(self.stat_t[k], a)
-        finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
-        if self._layer_kind[k] == "kron":
-            delta = kfac.factored_damping(lam, t)
-            block = kfac.BLOCK_SIZE
-        else:
-            delta = ops.sqrt(lam)
-            block = g.shape[0]
-        # kron: a and g are (n_b, s, s) diagonal blocks; embed: g is (E, E)
-        scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
-        if self._layer_kind[k] == "kron":
-            scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
-        tol = g.shape[-1] * _F32_EPS
-        ok = ops.logical_and(finite, delta > tol * scale)
-        if self._layer_kind[k] == "embed":
-            ok = ops.logical_and(ok, delta > 0)
-        zero = ops.zeros((), ms.float32)
-        # A rejected factor is replaced by I (zeros + delta 1) so that Cholesky never fails.
-        safe_delta = ops.where(ok, delta, ops.ones((), ms.float32))
-        a_safe = ops.where(ok, a, zero)
-        g_safe = ops.where(ok, g, zero)
-        if self._layer_kind[k] == "kron":
-            d_a, d_g = self._dims[k]
-            a_new = kfac.damped_inverse_of_blocks(a_safe, d_a, safe_delta,
-                                                  self.kernels.spd_block_inverse)
-            g_new = kfac.damped_inverse_of_blocks(g_safe, d_g, safe_delta,
-                                                  self.kernels.spd_block_inverse)
-        else:
-            a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
-            g_new = kfac.damped_block_inverse(g_safe, safe_delta, block,
-                                              kfac.spd_block_inverse_cholesky)
-        ok = ops.logical_and(ok, ops.logical_and(ops.isfinite(a_new).all(),
-                                                 ops.isfinite(g_new).all()))
-        okf = ops.cast(ok, ms.float32)
-        return a_new * okf, g_new * okf, okf
+        d_a, d_g = self._dims[k]
+        return _invert_factors(self.kernels.spd_block_inverse, lam, self._layer_kind[k] == "kron",
+                               d_a, d_g, a, g, ops.depend(self.stat_t[k], a))
+
+    def _owns_tuple(self):
+        out = ()
+        for k in range(self.n_layers):
+            out = out + (self._owns(k),)
+        return out
 
     def _refresh(self, lam, gradients):
-        """Refresh step: statistics -> damped inverses (kept where the statistics are bad)."""
-        stats = ()
-        for k in range(self.n_layers):
-            # the statistics were written in this step's forward/backward: read them after it
-            a = ops.depend(self.stat_a[k], gradients)
-            g = ops.depend(self.stat_g[k], gradients)
-            if self.stat_loss_scale:
-                g = g / ops.square(self.stat_loss_scale[0])
-            else:
-                g = g * self._inv_ls2
-            stats = stats + (a, g)
-        stats = self._reduce_statistics(stats)
-        bufs = ()
-        for k in range(self.n_layers):
-            a, g = stats[2 * k], stats[2 * k + 1]
-            if self._owns(k):
-                a_new, g_new, okf = self._invert_layer(k, a, g, lam)
-                tk = ops.depend(self.stat_t[k], a) * okf
-            else:
-                # not constants: the sharing all-reduce must not be scheduled before the
-                # statistics all-reduces (see the collective order above)
-                a_new = ops.depend(ops.zeros(self.a_inv[k].shape, ms.float32), a)
-                g_new = ops.depend(ops.zeros(self.g_inv[k].shape, ms.float32), a)
-                okf = ops.depend(ops.zeros((), ms.float32), a)
-                tk = ops.depend(ops.zeros((), ms.float32), a)
-            bufs = bufs + (a_new, g_new, okf, tk)
-        bufs = self._share_inverses(bufs)
-        a_out, g_out, t_out, bad = (), (), (), ()
-        for k in range(self.n_layers):
-            a_new, g_new, okf, tk = bufs[4 * k], bufs[4 * k + 1], bufs[4 * k + 2], bufs[4 * k + 3]
-            ok = okf > 0.5
-            a_k = ops.where(ok, a_new, self.a_inv[k])
-            g_k = ops.where(ok, g_new, self.g_inv[k])
-            t_k = ops.where(ok, tk, self.t_keep[k])
-            a_k = ops.depend(a_k, ops.assign(self.a_inv[k], a_k))
-            g_k = ops.depend(g_k, ops.assign(self.g_inv[k], g_k))
-            t_k = ops.depend(t_k, ops.assign(self.t_keep[k], t_k))
-            a_out, g_out, t_out = a_out + (a_k,), g_out + (g_k,), t_out + (t_k,)
-            bad = bad + (ops.cast(1 - ops.cast(ok, ms.int32), ms.int32),)
+        """Refresh step: statistics -> damped inverses (kept where the statistics are bad).
+
+        Writes ``a_inv``, ``g_inv``, ``t_keep`` and ``fault_count``; returns a token that the
+        preconditioning depends on.
+        """
+        # the statistics were written in this step's forward/backward: read them after it
+        # (hyper_map inputs are flat tuples: PYNATIVE's HyperMap recurses into nested ones)
+        stat_a = self.hyper_map(ops.partial(_read_stat, gradients, 1.0), self.stat_a)
+        if self.stat_loss_scale:
+            # a user loss-scale cell's current scale (copied by the driver before the step)
+            inv_s2 = 1.0 / ops.square(self.stat_loss_scale[0])
+            stat_g = self.hyper_map(ops.partial(_read_stat_scaled, gradients, inv_s2), self.stat_g)
+        else:
+            stat_g = self.hyper_map(ops.partial(_read_stat, gradients, self._inv_ls2), self.stat_g)
+        if self._parallel:
+            stats = self._reduce_statistics(_interleave((stat_a, stat_g)))
+            stat_a, stat_g = stats[0::2], stats[1::2]
+        bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._kron_flags, self._dims_a,
+                              self._dims_g, self._owns_tuple(), stat_a, stat_g, self.stat_t,
+                              self.a_inv, self.g_inv)
+        bufs = self._share_inverses(_flatten(bufs))
+        bad = self.hyper_map(_commit_inverses, bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
+                             self.a_inv, self.g_inv, self.t_keep)
         if self.n_layers:
-            counted = ops.depend(a_out[0], ops.assign_add(self.thor_fault_count, ops.stack(bad)))
-            a_out = (counted,) + a_out[1:]
-        return a_out, g_out, t_out
+            return ops.assign_add(self.thor_fault_count, ops.stack(bad))
+        return bad
 
     def _clamped(self, values, length):
         idx = ops.minimum(self.global_step, length - 1)
@@ -410,62 +405,216 @@ class ThorOptimizer(nn.Optimizer):
     def construct(self, gradients):
         if not self.thor_driven:
             _warn_undriven(self.frequency)
-        params = self._parameters
-        moments = self.moments
         gradients = self.flatten_gradients(gradients)
         gradients = self.scale_grad(gradients)
         lam = self._clamped(self.thor_damping, self._n_damping)
         lr = self._clamped(self._lr_values, self._n_lr) if self.dynamic_lr \
             else ops.reshape(self._lr_values, ())
         if self.thor:
-            # statistics are written during forward/backward of this step
-            a_inv, g_inv, t_use = self._refresh(lam, gradients)
+            # statistics are written during forward/backward of this step; the preconditioning
+            # below reads the inverses this refresh writes
+            token = self._refresh(lam, gradients)
         else:
-            a_inv, g_inv, t_use = self.a_inv, self.g_inv, self.t_keep
+            token = lam
         if self.stat_n:
             n_batch = ops.depend(self.stat_n[0], gradients)
         else:
             n_batch = Tensor(float(self.batch_size), ms.float32)
         # data parallel: the rule uses the global batch (equal per-rank batches)
         n_batch = n_batch * self.group_size
-        precond = ()
-        for i in range(len(params)):
-            grad = ops.cast(gradients[i], ms.float32)
-            k = self._layer_of_param[i]
-            if k >= 0:
-                if self._layer_kind[k] == "kron":
-                    shape = grad.shape
-                    g2 = ops.reshape(grad, (shape[0], -1))
-                    g2 = kfac.kron_precondition(g_inv[k], g2, a_inv[k], t_use[k])
-                    grad = ops.reshape(g2, shape)
-                else:
-                    grad = kfac.embedding_precondition(a_inv[k], grad, g_inv[k][0])
-            elif self._is_layernorm[i]:
-                grad = kfac.layernorm_precondition(grad, n_batch, lam)
-            precond = precond + (grad,)
+        precond = self.hyper_map(ops.partial(_thor_precondition, token, lam, n_batch),
+                                 self._param_kind, self._pp_g_inv, self._pp_a_inv, self._pp_t,
+                                 gradients)
         success = True
         if self.kl_clip is not None:
-            idx = self._preconditioned
-            nu = kfac.kl_clip_scale(tuple(precond[i] for i in idx),
-                                    tuple(ops.cast(gradients[i], ms.float32) for i in idx),
-                                    lr, self.kl_clip)
+            dots = self.hyper_map(_precond_dot, self._is_preconditioned, precond, gradients)
+            nu = kfac.kl_clip_factor(ops.stack(dots).sum(), lr, self.kl_clip)
             success = ops.depend(success, ops.assign(self.thor_kl_scale, nu))
-            precond = tuple(precond[i] * nu if self._is_preconditioned[i] else precond[i]
-                            for i in range(len(params)))
-        for i in range(len(params)):
-            grad = precond[i]
-            if self.weight_decay_value > 0 and self.decay_flags[i]:
-                grad = grad + self.weight_decay_value * params[i]
-            if self.enable_clip_grad:
-                grad = ops.clip_by_norm(grad, CLIP_NORM)
-            w_new, v_new = kfac.momentum_step(ops.cast(params[i], ms.float32),
-                                              ops.cast(moments[i], ms.float32), grad, lr,
-                                              self.momentum, self.use_nesterov)
-            success = ops.depend(success, ops.assign(moments[i], ops.cast(v_new, moments[i].dtype)))
-            success = ops.depend(success, ops.assign(params[i], ops.cast(w_new, params[i].dtype)))
+            precond = self.hyper_map(ops.partial(_scale_precond, nu), self._is_preconditioned,
+                                     precond)
+        updated = self.hyper_map(
+            ops.partial(_thor_update, lr, self.momentum, self.weight_decay_value,
+                        self.use_nesterov, self.enable_clip_grad),
+            self.decay_flags, self._parameters, self.moments, precond)
+        success = ops.depend(success, updated)
         success = ops.depend(success, ops.assign_add(self.global_step,
                                                      ops.ones((1,), ms.int32)))
         return success
+
+
+# ---- graph functions (mapped with hyper_map) -------------------------------------------------
+_KIND_PLAIN, _KIND_KRON, _KIND_EMBED, _KIND_LAYERNORM = 0, 1, 2, 3
+
+
+def _flatten(pairs):
+    """((x0, y0), (x1, y1), ...) -> (x0, y0, x1, y1, ...)."""
+    out = ()
+    for p in pairs:
+        out = out + p
+    return out
+
+
+def _interleave(tuples):
+    """((x0, x1, ...), (y0, y1, ...)) -> (x0, y0, x1, y1, ...)."""
+    out = ()
+    for k in range(len(tuples[0])):
+        for t in tuples:
+            out = out + (t[k],)
+    return out
+
+
+_read_stat_scaled = ops.MultitypeFuncGraph("thor_read_stat_scaled")
+
+
+@_read_stat_scaled.register("Tuple", "Tensor", "Tensor")
+def _read_stat_scaled_layer(gradients, scale, stat):
+    """One layer's statistic times a run-time scale (dynamic loss scale removal)."""
+    return ops.depend(stat, gradients) * scale
+
+
+_read_stat = ops.MultitypeFuncGraph("thor_read_stat")
+
+
+@_read_stat.register("Tuple", "Number", "Tensor")
+def _read_stat_layer(gradients, scale, stat):
+    """One layer's statistic, read after the backward pass (``scale``: loss scale removal)."""
+    stat = ops.depend(stat, gradients)
+    if scale != 1.0:
+        stat = stat * scale
+    return stat
+
+
+def _invert_factors(spd_block_inverse, lam, is_kron, d_a, d_g, a, g, t):
+    """Damped inverses of one layer with the fault guard; returns (a_inv, g_inv, ok float)."""
+    finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
+    if is_kron:
+        delta = kfac.factored_damping(lam, t)
+        block = kfac.BLOCK_SIZE
+    else:
+        delta = ops.sqrt(lam)
+        block = g.shape[0]
+    # kron: a and g are (n_b, s, s) diagonal blocks; embed: g is (E, E)
+    scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
+    if is_kron:
+        scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
+    tol = g.shape[-1] * _F32_EPS
+    ok = ops.logical_and(finite, delta > tol * scale)
+    if not is_kron:
+        ok = ops.logical_and(ok, delta > 0)
+    zero = ops.zeros((), ms.float32)
+    # A rejected factor is replaced by I (zeros + delta 1) so that Cholesky never fails.
+    safe_delta = ops.where(ok, delta, ops.ones((), ms.float32))
+    a_safe = ops.where(ok, a, zero)
+    g_safe = ops.where(ok, g, zero)
+    if is_kron:
+        a_new = kfac.damped_inverse_of_blocks(a_safe, d_a, safe_delta, spd_block_inverse)
+        g_new = kfac.damped_inverse_of_blocks(g_safe, d_g, safe_delta, spd_block_inverse)
+    else:
+        a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
+        g_new = kfac.damped_block_inverse(g_safe, safe_delta, block,
+                                          kfac.spd_block_inverse_cholesky)
+    ok = ops.logical_and(ok, ops.logical_and(ops.isfinite(a_new).all(),
+                                             ops.isfinite(g_new).all()))
+    okf = ops.cast(ok, ms.float32)
+    return a_new * okf, g_new * okf, okf
+
+
+def _make_invert_fn(spd_block_inverse):
+    """Per-layer inversion graph for one kernel set (the kernel is a closure constant)."""
+    fn = ops.MultitypeFuncGraph("thor_invert_layer")
+
+    @fn.register("Tensor", "Bool", "Number", "Number", "Bool", "Tensor", "Tensor", "Tensor",
+                 "Tensor", "Tensor")
+    def _invert_layer(lam, is_kron, d_a, d_g, owns, a, g, stat_t, a_old, g_old):
+        if owns:
+            t = ops.depend(stat_t, a)
+            a_new, g_new, okf = _invert_factors(spd_block_inverse, lam, is_kron, d_a, d_g, a, g, t)
+            tk = ops.depend(stat_t, a) * okf
+        else:
+            # not constants: the sharing all-reduce must not be scheduled before the
+            # statistics all-reduces (see the collective order above)
+            a_new = ops.depend(ops.zeros(a_old.shape, ms.float32), a)
+            g_new = ops.depend(ops.zeros(g_old.shape, ms.float32), a)
+            okf = ops.depend(ops.zeros((), ms.float32), a)
+            tk = ops.depend(ops.zeros((), ms.float32), a)
+        return a_new, g_new, okf, tk
+    return fn
+
+
+_commit_inverses = ops.MultitypeFuncGraph("thor_commit_inverses")
+
+
+@_commit_inverses.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _commit_layer(a_new, g_new, okf, tk, a_inv, g_inv, t_keep):
+    """Keep the new inverses where they are good, the last good ones otherwise; 1 if rejected."""
+    ok = okf > 0.5
+    a_k = ops.where(ok, a_new, a_inv)
+    g_k = ops.where(ok, g_new, g_inv)
+    t_k = ops.where(ok, tk, t_keep)
+    bad = ops.cast(1 - ops.cast(ok, ms.int32), ms.int32)
+    bad = ops.depend(bad, ops.assign(a_inv, a_k))
+    bad = ops.depend(bad, ops.assign(g_inv, g_k))
+    return ops.depend(bad, ops.assign(t_keep, t_k))
+
+
+_thor_precondition = ops.MultitypeFuncGraph("thor_precondition")
+
+
+@_thor_precondition.register("Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor",
+                             "Tensor")
+def _thor_precondition_param(token, lam, n_batch, kind, g_inv, a_inv, t, grad):
+    """Precondition one gradient by its rule (float32)."""
+    grad = ops.cast(grad, ms.float32)
+    if kind == _KIND_KRON:
+        g_inv = ops.depend(g_inv, token)
+        shape = grad.shape
+        g2 = ops.reshape(grad, (shape[0], -1))
+        g2 = kfac.kron_precondition(g_inv, g2, ops.depend(a_inv, token), ops.depend(t, token))
+        grad = ops.reshape(g2, shape)
+    elif kind == _KIND_EMBED:
+        grad = kfac.embedding_precondition(ops.depend(a_inv, token), grad,
+                                           ops.depend(g_inv, token)[0])
+    elif kind == _KIND_LAYERNORM:
+        grad = kfac.layernorm_precondition(grad, n_batch, lam)
+    return grad
+
+
+_precond_dot = ops.MultitypeFuncGraph("thor_precond_dot")
+
+
+@_precond_dot.register("Bool", "Tensor", "Tensor")
+def _precond_dot_param(flag, precond, grad):
+    """<g~, g> of a preconditioned parameter, 0 for the others (the KL-clip sum)."""
+    if flag:
+        return ops.reduce_sum(precond * ops.cast(grad, ms.float32))
+    return ops.zeros((), ms.float32)
+
+
+_scale_precond = ops.MultitypeFuncGraph("thor_scale_precond")
+
+
+@_scale_precond.register("Tensor", "Bool", "Tensor")
+def _scale_precond_param(nu, flag, precond):
+    if flag:
+        return precond * nu
+    return precond
+
+
+_thor_update = ops.MultitypeFuncGraph("thor_update")
+
+
+@_thor_update.register("Tensor", "Tensor", "Number", "Bool", "Bool", "Bool", "Tensor", "Tensor",
+                       "Tensor")
+def _thor_update_param(lr, momentum, weight_decay, use_nesterov, clip, decay, param, moment, grad):
+    """Weight decay, clipping and the momentum step of one (preconditioned) gradient."""
+    if weight_decay > 0 and decay:
+        grad = grad + weight_decay * param
+    if clip:
+        grad = ops.clip_by_norm(grad, CLIP_NORM)
+    w_new, v_new = kfac.momentum_step(ops.cast(param, ms.float32), ops.cast(moment, ms.float32),
+                                      grad, lr, momentum, use_nesterov)
+    success = ops.depend(True, ops.assign(moment, ops.cast(v_new, moment.dtype)))
+    return ops.depend(success, ops.assign(param, ops.cast(w_new, param.dtype)))
 
 
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
