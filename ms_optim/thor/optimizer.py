@@ -172,7 +172,9 @@ class ThorOptimizer(nn.Optimizer):
         self.decay_flags = tuple(bool(decay_filter(p)) for p in self._parameters)
         self.enable_clip_grad = enable_clip_grad
         self.batch_size = batch_size
-        self.thor_damping = Parameter(Tensor(damping), name="thor_damping", requires_grad=False)
+        # the per-step damping schedule: a constant of the graph, like the learning-rate array
+        # (not checkpointed; the zoo resumes with a re-sliced schedule of another length)
+        self.thor_damping = Tensor(damping)
         self._lr_values = self.learning_rate.learning_rate if self.dynamic_lr else self.learning_rate
         self._n_lr = int(self._lr_values.shape[0]) if self.dynamic_lr else 1
         self._n_damping = int(damping.shape[0])
