@@ -13,6 +13,7 @@ from mindspore.ops import functional as F
 from mindspore.train import Model
 
 from .._validation import check_bool
+from ..lars import _format_rows
 
 from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor, THOR_LAYERS
 
@@ -199,16 +200,6 @@ def register_thor_layer(layer_cls, converter):
         raise TypeError("For 'register_thor_layer', the argument 'converter' must be callable, "
                         f"but got {type(converter).__name__}.")
     THOR_LAYER_MAP[layer_cls] = converter
-
-
-def _format_rows(lines):
-    widths = [max(len(str(row[i])) for row in lines) for i in range(len(lines[0]))]
-    out = []
-    for k, row in enumerate(lines):
-        out.append("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
-        if k == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)
 
 
 class ConvertNetUtils:
