@@ -96,7 +96,7 @@ def mnist1d(val_fraction=0.2, seed=0, num_samples=5000, layout="flat"):
     out = _pack(*_split_val(a["x"], a["y"], val_fraction, seed), a["x_test"], a["y_test"])
     if layout == "nchw":
         for k in ("x_train", "x_val", "x_test"):
-            out[k] = out[k].reshape(len(out[k]), 1, 1, -1)
+            out[k] = out[k].reshape(len(out[k]), 1, 1, out[k].shape[-1])
     return out
 
 
