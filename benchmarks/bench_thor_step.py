@@ -1,7 +1,8 @@
 """Step time of THOR (refresh and stale steps) against plain Momentum (GRAPH mode, CPU by default).
 
-    .venv/bin/python benchmarks/bench_thor_step.py [--steps 40] [--frequency 4] [--width 32]
-                                                   [--batch 32] [--device CPU] [--full-stats]
+    .venv/bin/python benchmarks/bench_thor_step.py [--quick] [--steps 24] [--frequency 4]
+                                                   [--width 16] [--batch 16] [--device CPU]
+                                                   [--full-stats]
 
 Prints the device, MindSpore version, commit, network size and the median time of
 
@@ -14,6 +15,9 @@ measured interleaved (one Momentum step, one THOR step, ...) after both THOR gra
 THOR collected only the diagonal blocks; results unchanged). The network
 is a small CNN whose 3x3 convolutions have :math:`d_{in} = 9 \\cdot` width (> 128 for width >= 15,
 i.e. several diagonal blocks). No timing is asserted anywhere; these are numbers to report.
+``--quick``: 8 timed steps. Leaves out: ResNet-50 (its THOR graphs take minutes to compile on
+CPU), data loading, dataset sink mode (see ``bench_thor_sink.py``). Writes
+``outputs/bench/thor_step.json``.
 """
 import argparse
 import statistics
@@ -24,6 +28,8 @@ import numpy as np
 
 import mindspore as ms
 from mindspore import Tensor, nn, ops
+
+from _common import write_json  # also puts the repository on sys.path
 
 import ms_optim
 from ms_optim.ops import kfac
@@ -95,13 +101,16 @@ def _full_stats_patch():
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--steps", type=int, default=24, help="timed THOR (and Momentum) steps")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed THOR (and Momentum) steps (default 24, quick 8)")
+    ap.add_argument("--quick", action="store_true", help="8 timed steps")
     ap.add_argument("--frequency", type=int, default=4)
     ap.add_argument("--device", default="CPU")
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--full-stats", action="store_true")
     args = ap.parse_args()
+    args.steps = args.steps or (8 if args.quick else 24)
     ms.set_device(args.device)
     ms.set_context(mode=ms.GRAPH_MODE)
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
@@ -136,6 +145,13 @@ def main():
     amortised = (med[True] + (args.frequency - 1) * med[False]) / args.frequency
     print(f"{label} amortised over F={args.frequency}: {amortised * 1e3:.2f} ms "
           f"({amortised / med_m:.2f} x Momentum)")
+    write_json("thor_step", {
+        "benchmark": "thor_step", "label": label, "quick": args.quick, "steps": args.steps,
+        "frequency": args.frequency, "width": args.width, "batch": args.batch, "params": n_params,
+        "momentum_ms": round(med_m * 1e3, 2),
+        "refresh_ms": round(med[True] * 1e3, 2), "stale_ms": round(med[False] * 1e3, 2),
+        "refresh_ratio": round(med[True] / med_m, 3), "stale_ratio": round(med[False] / med_m, 3),
+        "amortised_ms": round(amortised * 1e3, 2), "amortised_ratio": round(amortised / med_m, 3)})
 
 if __name__ == "__main__":
     main()

@@ -404,6 +404,10 @@ class LARS(nn.Optimizer):
             return ops.stack(self.hyper_map(_to_f32_scalar, lr))
         return ops.reshape(ops.cast(lr, ms.float32), ())
 
+    # One graph, compiled once, in PYNATIVE mode too: op by op, the per-parameter square sums and
+    # rescales of ResNet-50 made the LARS step ~38x the Momentum step (now ~2x; inside a GRAPH-mode
+    # construct the decorator changes nothing). benchmarks/bench_lars_step.py --modes PYNATIVE.
+    @ms.jit
     def _portable(self, gradients):
         params = self._parameters
         w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, params))
