@@ -31,6 +31,9 @@ sys.path.insert(0, os.path.join(DOCS, "_ext"))
 from ms_optim_sigs import check_against_inspect, source_signature  # noqa: E402
 
 PUBLIC = list(ms_optim.__all__)
+# Public constants (e.g. THOR_RECOMMENDED): documented by a ``#:`` comment and ``.. py:data::``.
+PUBLIC_DATA = [n for n in PUBLIC if not callable(getattr(ms_optim, n))]
+PUBLIC_API = [n for n in PUBLIC if n not in PUBLIC_DATA]
 OPS = list(ms_optim.ops.__all__)
 # Public functions that build and return an optimizer: they carry the formula and Inputs/Outputs.
 OPTIMIZER_FACTORIES = {"thor"}
@@ -214,7 +217,7 @@ def test_public_api_is_not_empty():
         assert hasattr(ms_optim, name), f"ms_optim.__all__ lists '{name}', which does not exist"
 
 
-@pytest.mark.parametrize("name", PUBLIC)
+@pytest.mark.parametrize("name", PUBLIC_API)
 def test_docstring_sections(name):
     obj = getattr(ms_optim, name)
     problems = section_problems(f"ms_optim.{name}", obj)
@@ -375,7 +378,7 @@ def parity_problems(label, obj, lines, start, sig_text):
     return problems
 
 
-@pytest.mark.parametrize("name", PUBLIC)
+@pytest.mark.parametrize("name", PUBLIC_API)
 def test_zh_page_parity(name):
     obj = getattr(ms_optim, name)
     lines = _zh_lines(name)
@@ -405,6 +408,25 @@ def test_zh_page_parity(name):
                 problems.append(f"ms_optim.{name}: the zh page documents '{m.group(1)}', which is "
                                 f"not a public method of the class (removed or renamed?)")
     assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", PUBLIC_DATA)
+def test_public_data_documented(name):
+    """A public constant: ``#:`` doc comment in the source (what autodata shows), one
+    ``.. py:data::`` on its zh page, and both name every key and value it holds."""
+    from sphinx.pycode import ModuleAnalyzer
+    value = getattr(ms_optim, name)
+    docs = ModuleAnalyzer.for_module("ms_optim").find_attr_docs()
+    en = " ".join(docs.get(("", name), []))
+    assert en.strip(), f"ms_optim.{name}: no '#:' doc comment above its assignment in ms_optim/__init__.py"
+    lines = _zh_lines(name)
+    assert sum(ln.strip() == f".. py:data:: ms_optim.{name}" for ln in lines) == 1, \
+        f"api_python/ms_optim.{name}.rst needs exactly one '.. py:data:: ms_optim.{name}'"
+    zh = "\n".join(lines)
+    for key, val in dict(value).items():
+        for label, text in (("en doc comment", en), ("zh page", zh)):
+            assert f"``{key}``" in text or f'"{key}"' in text, f"ms_optim.{name}: {label} does not name {key!r}"
+        assert f'"{key}": {val!r}' in zh, f"ms_optim.{name}: zh page does not state {key!r}: {val!r}"
 
 
 def test_no_stale_zh_pages():
@@ -442,7 +464,7 @@ def _run_doctests(obj, name):
     return tests, results, "".join(report)
 
 
-@pytest.mark.parametrize("name", PUBLIC)
+@pytest.mark.parametrize("name", PUBLIC_API)
 def test_docstring_examples_run(name):
     obj = getattr(ms_optim, name)
     tests, results, report = _run_doctests(obj, f"ms_optim.{name}")
