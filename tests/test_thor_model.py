@@ -76,13 +76,79 @@ def test_model_train_across_epochs_and_eval(mode):
     assert 0.0 <= acc <= 1.0
 
 
-def test_convert_model_rejects_dynamic_loss_scale():
-    net, opt, _, _ = build_run()
+def _managed_run(manager, data, mode_epochs=1):
+    """Model + convert_to_thor_model with `manager`; returns (net, opt, model)."""
+    net, opt, _, _ = build_run(freq=2, steps=len(data))
     loss = H.loss_fn()
     model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
-    with pytest.raises(ValueError, match="FixedLossScaleManager"):
+    model = ConvertModelUtils.convert_to_thor_model(model, net, loss, opt,
+                                                    loss_scale_manager=manager)
+    model.train(mode_epochs, _dataset(data), dataset_sink_mode=False)
+    return net, opt, model
+
+
+@pytest.mark.parametrize("manager", [
+    lambda: ms.DynamicLossScaleManager(2.0 ** 12, 2, 1),
+    lambda: ms.FixedLossScaleManager(2.0 ** 8, drop_overflow_update=True)],
+    ids=["dynamic", "fixed-drop"])
+def test_convert_model_overflow_dropping_managers_equal_unscaled(mode, manager):
+    """DynamicLossScaleManager and FixedLossScaleManager(drop_overflow_update=True) through
+    Model + convert_to_thor_model on CPU (portable overflow check): same weights as no manager,
+    refreshes on schedule (5 steps, F = 2)."""
+    net0, opt0, step0, data = build_run(freq=2, steps=5)
+    for x, y in data:
+        step0(*H.to_ms(x, y))
+    net, opt, model = _managed_run(manager(), data)
+    assert int(opt.global_step.asnumpy()[0]) == 5
+    assert type(model._train_network).__name__ == "ThorWrapTrainCell"
+    for a, b in zip(net0.trainable_params(), net.trainable_params()):
+        np.testing.assert_allclose(b.asnumpy(), a.asnumpy(), rtol=2e-5, atol=1e-6, err_msg=a.name)
+
+
+def test_convert_model_dynamic_manager_drops_overflow_step(mode):
+    """An overflow step (a NaN input) on a refresh step leaves weights, moments, inverses and
+    global_step bit-identical and halves the scale; the next good step is the refresh."""
+    _, _, _, data = build_run(freq=2, steps=2)
+    net, opt, model = _managed_run(ms.DynamicLossScaleManager(2.0 ** 10, 2, 1000), data)
+    driver = model._train_network
+    assert driver.next_step_refreshes()  # global step 2
+    state = lambda: [p.asnumpy().copy() for p in list(net.get_parameters()) + list(opt.moments)
+                     + list(opt.a_inv) + list(opt.g_inv) + list(opt.t_keep)
+                     + [opt.global_step, opt.thor_fault_count]]
+    before = state()
+    scale = float(driver.network.scale_sense.asnumpy())
+    x, y = data[0]
+    bad = x.copy()
+    bad[0] = np.nan
+    _, overflow, _ = driver(*H.to_ms(bad, y))
+    assert bool(overflow.asnumpy())
+    assert float(driver.network.scale_sense.asnumpy()) == scale / 2
+    for a, b in zip(before, state()):
+        np.testing.assert_array_equal(b, a)
+    assert driver.next_step_refreshes()
+    _, overflow, _ = driver(*H.to_ms(x, y))
+    assert not bool(overflow.asnumpy())
+    assert int(opt.global_step.asnumpy()[0]) == 3
+
+
+def test_convert_model_rejects_bad_loss_scale_managers():
+    net, _, _, _ = build_run()
+    loss = H.loss_fn()
+    opt = thor(net, Tensor(LR), Tensor(DAMP), 0.9, loss_scale=8.0, frequency=2)
+    model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
+    with pytest.raises(ValueError, match="loss_scale=1.0"):
         ConvertModelUtils.convert_to_thor_model(model, net, loss, opt,
                                                 loss_scale_manager=ms.DynamicLossScaleManager())
+    with pytest.raises(ValueError, match="loss_scale=1.0"):
+        ConvertModelUtils.convert_to_thor_model(
+            model, net, loss, opt, loss_scale_manager=ms.FixedLossScaleManager(8.0))
+    with pytest.raises(ValueError, match="must equal the optimizer's 'loss_scale'"):
+        ConvertModelUtils.convert_to_thor_model(
+            model, net, loss, opt,
+            loss_scale_manager=ms.FixedLossScaleManager(4.0, drop_overflow_update=False))
+    with pytest.raises(ValueError, match="FixedLossScaleManager or a DynamicLossScaleManager"):
+        ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, loss_scale_manager=1024.0)
+
 
 def test_convert_model_rejects_silent_no_ops():
     """Upstream returns the model unchanged for these; ms_optim names the bad argument."""
@@ -98,13 +164,10 @@ def test_convert_model_rejects_silent_no_ops():
         ConvertModelUtils.convert_to_thor_model(model, None, loss, opt)
 
 
-def test_convert_model_rejects_drop_overflow_and_bad_keep_bn():
+def test_convert_model_static_manager_and_bad_keep_bn():
     net, opt, _, _ = build_run()
     loss = H.loss_fn()
     model = ms.train.Model(net, loss_fn=loss, optimizer=opt)
-    with pytest.raises(ValueError, match="drop_overflow_update=False"):
-        ConvertModelUtils.convert_to_thor_model(
-            model, net, loss, opt, loss_scale_manager=ms.FixedLossScaleManager(1.0))
     fixed = ConvertModelUtils.convert_to_thor_model(
         model, net, loss, opt,
         loss_scale_manager=ms.FixedLossScaleManager(1.0, drop_overflow_update=False))

@@ -365,6 +365,31 @@ class ConvertNetUtils:
         return _format_rows([("layer", "type", "converted", "detail")] + list(self._rows))
 
 
+def _check_loss_scale_manager(manager, optimizer):
+    """``(sens, update_cell)`` for `manager`: a static scale kept in the gradients (``sens``,
+    equal to the optimizer's ``loss_scale``) or an update cell of MindSpore's loss-scale train
+    cell (overflow steps dropped; the optimizer's ``loss_scale`` must be 1)."""
+    from mindspore.amp import DynamicLossScaleManager, FixedLossScaleManager
+    name = "convert_to_thor_model"
+    if not isinstance(manager, (FixedLossScaleManager, DynamicLossScaleManager)):
+        raise ValueError(f"For '{name}', 'loss_scale_manager' must be a FixedLossScaleManager or "
+                         f"a DynamicLossScaleManager, but got {type(manager).__name__}.")
+    dropping = isinstance(manager, DynamicLossScaleManager) or manager.get_drop_overflow_update()
+    if dropping:
+        if optimizer.loss_scale != 1.0:
+            raise ValueError(f"For '{name}', with a {type(manager).__name__} that drops overflow "
+                             "steps the train cell removes the loss scale from the gradients "
+                             "itself: build the optimizer with loss_scale=1.0, but got "
+                             f"loss_scale={optimizer.loss_scale}.")
+        return 1.0, manager.get_update_cell()
+    sens = float(manager.get_loss_scale())
+    if abs(sens - optimizer.loss_scale) > 1e-6 * sens:
+        raise ValueError(f"For '{name}', the loss scale of 'loss_scale_manager' ({sens}) must "
+                         f"equal the optimizer's 'loss_scale' ({optimizer.loss_scale}) with "
+                         "drop_overflow_update=False (the gradients keep the scale).")
+    return sens, None
+
+
 class ConvertModelUtils:
     """Turn a ``Model`` built with a THOR optimizer into one that refreshes every `frequency` steps.
 
@@ -406,10 +431,15 @@ class ConvertModelUtils:
             (logged to ``logging.getLogger('ms_optim')`` and issued by ``warnings.warn``; on CPU
             MindSpore 2.10 has no sink mode at all): the per-step choice between the refresh and
             the stale graph is made on the host. A `sink_size` smaller than the dataset keeps its
-            meaning (steps per epoch, continuing through the data as a sunk loop does). Only a static loss
-            scale is supported (``FixedLossScaleManager(s, drop_overflow_update=False)`` with the
-            optimizer's ``loss_scale=s``): THOR's step has no overflow check, so a manager with
-            ``drop_overflow_update=True`` (which promises to skip overflow steps) is rejected.
+            meaning (steps per epoch, continuing through the data as a sunk loop does). Loss scaling:
+            ``FixedLossScaleManager(s, drop_overflow_update=False)`` needs the optimizer's
+            ``loss_scale=s`` (the gradients keep the scale; THOR removes :math:`s^2` from
+            :math:`G`). ``DynamicLossScaleManager`` and ``FixedLossScaleManager(s,
+            drop_overflow_update=True)`` train through ``nn.TrainOneStepWithLossScaleCell``
+            (driven as in the BERT pattern above, with the portable overflow check on CPU) and
+            need ``loss_scale=1.0``: a step whose gradients overflow leaves weights, moments,
+            inverses and ``global_step`` unchanged (the refresh is retried on the next step) and
+            the dynamic scale drops; the current scale is removed from :math:`G` each step.
             Mixed precision follows ``mindspore.train.Model``'s rules, applied to `network` (in
             place), the loss computed in float32 on the output cast to float32: with `amp_level`
             ``"O2"`` or ``"O3"`` the network is cast to float16, and `keep_batchnorm_fp32` decides
@@ -432,8 +462,8 @@ class ConvertModelUtils:
             metrics (Union[dict, set]): evaluation metrics. Default: ``None``.
             amp_level (str): ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"`` or ``"auto"`` (see Note).
                 Default: ``"O0"``.
-            loss_scale_manager (FixedLossScaleManager): a static loss scale with
-                ``drop_overflow_update=False``. Default: ``None``.
+            loss_scale_manager (Union[FixedLossScaleManager, DynamicLossScaleManager]): loss
+                scaling (see Note). Default: ``None``.
             keep_batchnorm_fp32 (bool): with `amp_level` ``"O2"``/``"O3"``, keep BatchNorm in
                 float32 (see Note); no effect at other levels. Default: ``False``.
 
@@ -447,8 +477,10 @@ class ConvertModelUtils:
             TypeError: If `keep_batchnorm_fp32` is not a bool.
             ValueError: If `amp_level` is not one of ``"O0"``, ``"O1"``, ``"O2"``, ``"O3"``,
                 ``"auto"``.
-            ValueError: If `loss_scale_manager` is dynamic, has ``drop_overflow_update=True``
-                or its scale differs from the optimizer's `loss_scale`; or, without `loss_fn`,
+            ValueError: If `loss_scale_manager` is neither a FixedLossScaleManager nor a
+                DynamicLossScaleManager; if it drops overflow steps and the optimizer's
+                `loss_scale` is not 1, or has ``drop_overflow_update=False`` and a scale other
+                than the optimizer's `loss_scale`; or, without `loss_fn`,
                 `network` is not an ``nn.TrainOneStepCell``, its optimizer is not `optimizer`,
                 its static ``sens`` differs from the optimizer's `loss_scale`, or
                 `loss_scale_manager`, `amp_level` or `keep_batchnorm_fp32` is not the default.
@@ -467,7 +499,7 @@ class ConvertModelUtils:
             >>> type(model).__name__
             'ThorModel'
         """
-        from .model import ThorModel, ThorTrainOneStepCell  # local: avoid an import cycle
+        from .model import ThorModel, ThorTrainOneStepCell, ThorWrapTrainCell  # local: no cycle
         from .optimizer import ThorOptimizer
         if not isinstance(model, Model):
             raise TypeError("For 'convert_to_thor_model', the argument 'model' must be a "
@@ -487,24 +519,18 @@ class ConvertModelUtils:
             return ConvertModelUtils._convert_train_cell_model(
                 model, network, optimizer, metrics, amp_level, loss_scale_manager,
                 keep_batchnorm_fp32)
-        sens = 1.0
+        sens, update_cell = 1.0, None
         if loss_scale_manager is not None:
-            from mindspore.amp import FixedLossScaleManager
-            if not isinstance(loss_scale_manager, FixedLossScaleManager):
-                raise ValueError("For 'convert_to_thor_model', only FixedLossScaleManager is "
-                                 "supported (THOR removes a static loss scale from its curvature "
-                                 f"statistics), but got {type(loss_scale_manager).__name__}.")
-            if loss_scale_manager.get_drop_overflow_update():
-                raise ValueError("For 'convert_to_thor_model', 'loss_scale_manager' must have "
-                                 "drop_overflow_update=False: the THOR step has no overflow "
-                                 "check and would not drop overflow steps.")
-            sens = float(loss_scale_manager.get_loss_scale())
-            if abs(sens - optimizer.loss_scale) > 1e-6 * sens:
-                raise ValueError("For 'convert_to_thor_model', the loss scale of "
-                                 f"'loss_scale_manager' ({sens}) must equal the optimizer's "
-                                 f"'loss_scale' ({optimizer.loss_scale}).")
+            sens, update_cell = _check_loss_scale_manager(loss_scale_manager, optimizer)
         net_with_loss = _amp_network_with_loss(network, loss_fn, amp_level, keep_batchnorm_fp32)
-        train_cell = ThorTrainOneStepCell(net_with_loss, optimizer, sens=sens)
+        if update_cell is None:
+            train_cell = ThorTrainOneStepCell(net_with_loss, optimizer, sens=sens)
+        else:
+            # overflow steps dropped: MindSpore's loss-scale train cell (it unscales the gradients
+            # and calls the optimizer only without overflow), driven like the zoo's BERT cells
+            train_cell = ThorWrapTrainCell(
+                nn.TrainOneStepWithLossScaleCell(net_with_loss, optimizer, scale_sense=update_cell),
+                optimizer)
         eval_network = nn.WithEvalCell(network, loss_fn, amp_level in ("O2", "O3", "auto"))
         return ThorModel(train_cell, eval_network=eval_network, metrics=metrics,
                          eval_indexes=[0, 1, 2])

@@ -669,9 +669,11 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           inverses; the event is counted in the Parameter ``thor_fault_count``.
         - The result does not depend on `loss_scale` (a static loss scale, e.g.
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
-          Dynamic loss scaling: only inside the user's own ``nn.TrainOneStepWithLossScaleCell``
-          driven by :meth:`ConvertModelUtils.convert_to_thor_model` (the cell's current scale
-          is removed from :math:`G`; build the optimizer with ``loss_scale=1.0``).
+          Dynamic loss scaling and dropped overflow steps: through
+          :meth:`ConvertModelUtils.convert_to_thor_model` with a ``DynamicLossScaleManager`` /
+          ``FixedLossScaleManager(s, drop_overflow_update=True)`` or the user's own
+          ``nn.TrainOneStepWithLossScaleCell`` (the cell's current scale is removed from
+          :math:`G`; build the optimizer with ``loss_scale=1.0``).
         - Grouped convolutions are left unconverted (plain gradient), with a warning.
         - Layers are converted in place, as sub-cells of `net`: a `net` that is itself a
           convertible layer (e.g. a bare ``nn.Dense``) cannot be replaced and raises ValueError
