@@ -11,6 +11,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
 from . import _backend
+from ._nonfinite import add_nonfinite_state, check_gradients
 from ._validation import (check_bool, check_callable, check_float, check_non_negative)
 from .ops.trust_ratio import apply_scales, lars_scales, square_sum
 
@@ -331,6 +332,7 @@ class LARS(nn.Optimizer):
         self.coefficient = coefficient
         self.use_clip = use_clip
         self.lars_flag = lars_flags
+        add_nonfinite_state(self, len(params))
         # One step counter, one learning rate: both are the wrapped optimizer's objects.
         self.global_step = optimizer.global_step
         delattr(self, "learning_rate")  # the base class's placeholder; may become a Cell below
@@ -428,13 +430,22 @@ class LARS(nn.Optimizer):
                                           self.epsilon, self.use_clip, lr),
                               weight_decay, params, gradients, flags)
 
-    def construct(self, gradients):
-        gradients = self.flatten_gradients(gradients)
+    def _step(self, gradients):
         if self.backend == _backend.ASCEND:
             gradients = self._ascend(gradients)
         else:
             gradients = self._portable(gradients)
         return self.opt(gradients)
+
+    def construct(self, gradients):
+        gradients = self.flatten_gradients(gradients)
+        # A step with a non-finite gradient does not call the wrapped optimizer: its weights,
+        # state (moments, beta powers, ...) and global_step stay as they were.
+        finite = check_gradients(self, gradients)
+        applied = finite
+        if finite:
+            applied = ops.depend(applied, self._step(gradients))
+        return applied
 
     def parameter_table(self):
         """
