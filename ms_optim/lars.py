@@ -237,9 +237,19 @@ class LARS(nn.Optimizer):
         - Backend: on Ascend in GRAPH mode the fused ``SquareSumAll`` + ``LARSUpdate`` kernels are
           used when this MindSpore still has them; everywhere else the portable implementation
           built from ``mindspore.ops``. Both compute the formula above.
-        - Non-finite gradients: train with a ``DynamicLossScaleManager`` (or
-          ``FixedLossScaleManager(drop_overflow_update=True)``); such steps are skipped and
-          leave weights and state untouched. On the CPU backend MindSpore 2.10 has no overflow
+        - Non-finite gradients: a step in which any gradient holds a NaN or an Inf does not
+          call the wrapped optimizer, so weights, its state (moments, beta powers, ...) and
+          ``global_step`` stay bit-identical (the same rule as a loss-scale cell's overflow
+          skip); LARS counts it in the Parameter ``nonfinite_steps`` (int32) and stores the
+          index (into the optimizer's parameters) of the first non-finite gradient in
+          ``nonfinite_param`` (-1 before any). Nothing reads them on the host by itself (no
+          per-step sync): :class:`ms_optim.OptimizerMonitor` warns, naming the step and the
+          parameter; without it, read the counter. Finite steps are unchanged bit for bit.
+          The test reuses the float32 :math:`\|g\|^2` of the adapted parameters (one float32
+          sum per other parameter): a finite gradient whose sum of squares overflows float32
+          (elements beyond about :math:`10^{19}`) counts as non-finite.
+          To recover from overflows by rescaling, train with a ``DynamicLossScaleManager`` (or
+          ``FixedLossScaleManager(drop_overflow_update=True)``). On the CPU backend MindSpore 2.10 has no overflow
           kernels: ``Model`` accepts only ``FixedLossScaleManager(drop_overflow_update=False)``,
           and a ``nn.TrainOneStepWithLossScaleCell`` needs a portable ``get_overflow_status``
           (any non-finite gradient element), as in the package's tests.
@@ -261,7 +271,7 @@ class LARS(nn.Optimizer):
           in the same order and shapes.
 
     Outputs:
-        Union[bool, tuple], the wrapped optimizer's output.
+        Tensor, a bool scalar: True when the step was applied (all gradients finite).
 
     Raises:
         TypeError: If `optimizer` is not an ``nn.Optimizer`` (or is a LARS).
@@ -406,10 +416,9 @@ class LARS(nn.Optimizer):
             return ops.stack(self.hyper_map(_to_f32_scalar, lr))
         return ops.reshape(ops.cast(lr, ms.float32), ())
 
-    def _portable(self, gradients):
+    def _portable(self, gradients, g_sq):
         params = self._parameters
         w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, params))
-        g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
         grad_scale = self.reciprocal_scale if self.need_scale else 1.0
         a, b = lars_scales(w_sq, g_sq, self._weight_decay_vector(), self.coefficient,
                            self.epsilon, self.use_clip, self._clip_lr(), grad_scale)
@@ -430,21 +439,22 @@ class LARS(nn.Optimizer):
                                           self.epsilon, self.use_clip, lr),
                               weight_decay, params, gradients, flags)
 
-    def _step(self, gradients):
-        if self.backend == _backend.ASCEND:
-            gradients = self._ascend(gradients)
-        else:
-            gradients = self._portable(gradients)
-        return self.opt(gradients)
-
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
         # A step with a non-finite gradient does not call the wrapped optimizer: its weights,
         # state (moments, beta powers, ...) and global_step stay as they were.
-        finite = check_gradients(self, gradients)
+        if self.backend == _backend.ASCEND:
+            finite = check_gradients(self, gradients)
+            applied = finite
+            if finite:
+                applied = ops.depend(applied, self.opt(self._ascend(gradients)))
+            return applied
+        # portable: the adapted gradients are judged by their sum of squares, computed anyway
+        g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
+        finite = check_gradients(self, gradients, g_sq, self.lars_flag)
         applied = finite
         if finite:
-            applied = ops.depend(applied, self._step(gradients))
+            applied = ops.depend(applied, self.opt(self._portable(gradients, g_sq)))
         return applied
 
     def parameter_table(self):

@@ -46,8 +46,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         ``sens`` is a static loss scale; build the optimizer with the same ``loss_scale``.
         After each call the ``thor`` flag of the THOR layers is left False, so evaluation
         between steps collects no statistics. The step number is read from the device only on
-        the first call and after ``global_step`` was replaced (checkpoint load); see
-        :meth:`resync_step` for other in-place changes.
+        the first call, after ``global_step`` was replaced (checkpoint load), after a refresh
+        step and before a step the host count predicts to be a refresh step (a step skipped
+        for non-finite gradients does not advance ``global_step``; these reads keep refreshes
+        at global steps 0, F, 2F, ...); see :meth:`resync_step` for other in-place changes.
 
     Args:
         network (Cell): network with loss.

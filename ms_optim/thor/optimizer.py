@@ -682,6 +682,17 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         - Statistics or inverses that are non-finite, or a damping too small for float32 Cholesky
           (:math:`\delta \le s\,2^{-23}\max \operatorname{diag}`), keep the layer's last good
           inverses; the event is counted in the Parameter ``thor_fault_count``.
+        - Non-finite gradients: a step in which any gradient holds a NaN or an Inf (e.g. a NaN
+          batch) writes nothing: weights, moments, the inverses (also on a refresh step),
+          ``thor_kl_scale``, ``thor_fault_count`` and ``global_step`` stay bit-identical, as
+          when a loss-scale cell skips an overflow step; since ``global_step`` does not advance,
+          a skipped refresh step is retried on the next step. The step is counted in the
+          Parameter ``nonfinite_steps`` (int32) and the index (into the optimizer's
+          parameters) of the first non-finite gradient is stored in ``nonfinite_param`` (-1
+          before any). :class:`ThorTrainOneStepCell` does not read them (no per-step sync);
+          :class:`ms_optim.OptimizerMonitor` warns, naming the step and the parameter; without
+          it, read the counter. Finite steps are unchanged bit for bit. The test is one float32
+          sum per gradient: a finite gradient whose sum overflows float32 counts as non-finite.
         - The result does not depend on `loss_scale` (a static loss scale, e.g.
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
           Dynamic loss scaling: only inside the user's own ``nn.TrainOneStepWithLossScaleCell``
