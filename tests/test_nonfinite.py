@@ -200,3 +200,19 @@ def test_monitor_silent_without_nonfinite(graph, tmp_path):
                     dataset_sink_mode=False)
     assert int(opt.nonfinite_steps.asnumpy()[0]) == 0
     assert int(opt.nonfinite_param.asnumpy()[0]) == -1
+
+
+@pytest.mark.parametrize("where", ["adapted", "excluded"])
+def test_lars_inf_gradient_is_skipped(where, graph):
+    """+Inf and -Inf in one gradient (their sum is NaN), in a LARS-adapted weight (judged by
+    ||g||^2) or an excluded bias (judged by its own sum); the optimizer called directly."""
+    train, lars = _lars_cell("Adam")
+    train(*_batch(1))
+    before = _snapshot(train)
+    names = [p.name for p in lars.parameters]
+    k = names.index("1.weight" if where == "adapted" else "0.bias")
+    grads = [np.zeros(p.shape, np.float32) for p in lars.parameters]
+    grads[k].reshape(-1)[:2] = (np.inf, -np.inf)
+    applied = lars(tuple(ms.Tensor(g) for g in grads))
+    assert not bool(applied.asnumpy())
+    _assert_skipped(before, train, lars, first_bad=k)
