@@ -3,6 +3,7 @@ import json
 import logging
 import os
 import time
+import warnings
 
 import numpy as np
 
@@ -37,8 +38,16 @@ class OptimizerMonitor(Callback):
       trust ratios :math:`\tau` of the adapted parameters, and ``clipped_fraction`` (share of
       ratios at the clip bounds 0 or 1 with `use_clip`), when the optimizer records them.
 
+    * both, and any optimizer with the Parameter ``nonfinite_steps``: ``nonfinite_steps``, the
+      number of steps skipped so far because a gradient was not finite.
+
     A new fault of a THOR layer is also logged as a warning (logger ``ms_optim``) naming the
-    step and the layer. Reading the values synchronises host and device on the logged steps only.
+    step and the layer. A step skipped for a non-finite gradient (NaN or Inf; THOR and LARS
+    leave weights, optimizer state and ``global_step`` unchanged) is logged as a warning
+    (logger ``ms_optim``) and issued with ``warnings.warn``, naming the step (the 1-based
+    training step ``cur_step_num``, and the optimizer's ``global_step``) and the first parameter
+    whose gradient was not finite; it is checked after every step, whatever `per_steps`.
+    Reading the values synchronises host and device after every step.
 
     Args:
         path (str): the JSON-lines file (created or overwritten).
@@ -91,6 +100,7 @@ class OptimizerMonitor(Callback):
         self._file = None
         self._t0 = None
         self._faults = None
+        self._nonfinite = None
         self._layer_names = self._names()
 
     def _names(self):
@@ -105,6 +115,8 @@ class OptimizerMonitor(Callback):
         self._file = open(self.path, "w", encoding="utf-8")  # pylint: disable=consider-using-with
         if hasattr(self.optimizer, "thor_fault_count"):
             self._faults = _array(self.optimizer.thor_fault_count).copy()
+        if hasattr(self.optimizer, "nonfinite_steps"):
+            self._nonfinite = int(_scalar(self.optimizer.nonfinite_steps))
 
     def on_train_step_begin(self, run_context):
         self._t0 = time.perf_counter()
@@ -113,13 +125,16 @@ class OptimizerMonitor(Callback):
         seconds = time.perf_counter() - self._t0 if self._t0 is not None else float("nan")
         opt = self.optimizer
         step = int(_scalar(opt.global_step))
+        cb = run_context.original_args()
+        nonfinite = self._check_nonfinite(cb, step)
         if step % self.per_steps:
             return
-        cb = run_context.original_args()
         out = cb.net_outputs
         out = out[0] if isinstance(out, (tuple, list)) else out
         row = {"step": step, "epoch": int(cb.cur_epoch_num), "seconds": seconds,
                "loss": _scalar(out) if out is not None else None, "lr": self._lr(step - 1)}
+        if nonfinite is not None:
+            row["nonfinite_steps"] = nonfinite
         if hasattr(opt, "thor_fault_count"):
             self._thor_row(row, step)
         if hasattr(opt, "lars_trust"):
@@ -146,6 +161,27 @@ class OptimizerMonitor(Callback):
         except (TypeError, AttributeError):  # a LearningRateSchedule cell
             return None
         return float(values[min(step, values.size - 1)])
+
+    def _check_nonfinite(self, cb, step):
+        """Warn when the optimizer skipped a step for a non-finite gradient since the last call;
+        returns the count (None: the optimizer keeps none)."""
+        opt = self.optimizer
+        if not hasattr(opt, "nonfinite_steps"):
+            return None
+        count = int(_scalar(opt.nonfinite_steps))
+        if self._nonfinite is not None and count > self._nonfinite:
+            idx = int(_scalar(opt.nonfinite_param))
+            params = list(getattr(opt, "_parameters", ()))
+            name = params[idx].name if 0 <= idx < len(params) else str(idx)
+            train_step = getattr(cb, "cur_step_num", None)
+            msg = (f"ms_optim: step {train_step if train_step is not None else step} "
+                   f"(global_step {step}): the gradient of '{name}' is not finite (NaN or Inf); "
+                   f"{type(opt).__name__} skipped the step (weights, optimizer state and "
+                   f"global_step unchanged; {count} skipped steps so far).")
+            _LOG.warning(msg)
+            warnings.warn(msg, UserWarning, stacklevel=2)
+        self._nonfinite = count
+        return count
 
     def _thor_row(self, row, step):
         opt = self.optimizer

@@ -11,6 +11,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
 from . import _backend
+from ._nonfinite import add_nonfinite_state, check_gradients
 from ._validation import (check_bool, check_callable, check_float, check_non_negative)
 from .ops.trust_ratio import apply_scales, lars_scales, square_sum
 
@@ -236,9 +237,19 @@ class LARS(nn.Optimizer):
         - Backend: on Ascend in GRAPH mode the fused ``SquareSumAll`` + ``LARSUpdate`` kernels are
           used when this MindSpore still has them; everywhere else the portable implementation
           built from ``mindspore.ops``. Both compute the formula above.
-        - Non-finite gradients: train with a ``DynamicLossScaleManager`` (or
-          ``FixedLossScaleManager(drop_overflow_update=True)``); such steps are skipped and
-          leave weights and state untouched. On the CPU backend MindSpore 2.10 has no overflow
+        - Non-finite gradients: a step in which any gradient holds a NaN or an Inf does not
+          call the wrapped optimizer, so weights, its state (moments, beta powers, ...) and
+          ``global_step`` stay bit-identical (the same rule as a loss-scale cell's overflow
+          skip); LARS counts it in the Parameter ``nonfinite_steps`` (int32) and stores the
+          index (into the optimizer's parameters) of the first non-finite gradient in
+          ``nonfinite_param`` (-1 before any). Nothing reads them on the host by itself (no
+          per-step sync): :class:`ms_optim.OptimizerMonitor` warns, naming the step and the
+          parameter; without it, read the counter. Finite steps are unchanged bit for bit.
+          The test reuses the float32 :math:`\|g\|^2` of the adapted parameters (one float32
+          sum per other parameter): a finite gradient whose sum of squares overflows float32
+          (elements beyond about :math:`10^{19}`) counts as non-finite.
+          To recover from overflows by rescaling, train with a ``DynamicLossScaleManager`` (or
+          ``FixedLossScaleManager(drop_overflow_update=True)``). On the CPU backend MindSpore 2.10 has no overflow
           kernels: ``Model`` accepts only ``FixedLossScaleManager(drop_overflow_update=False)``,
           and a ``nn.TrainOneStepWithLossScaleCell`` needs a portable ``get_overflow_status``
           (any non-finite gradient element), as in the package's tests.
@@ -260,7 +271,7 @@ class LARS(nn.Optimizer):
           in the same order and shapes.
 
     Outputs:
-        Union[bool, tuple], the wrapped optimizer's output.
+        Tensor, a bool scalar: True when the step was applied (all gradients finite).
 
     Raises:
         TypeError: If `optimizer` is not an ``nn.Optimizer`` (or is a LARS).
@@ -331,6 +342,7 @@ class LARS(nn.Optimizer):
         self.coefficient = coefficient
         self.use_clip = use_clip
         self.lars_flag = lars_flags
+        add_nonfinite_state(self, len(params))
         # One step counter, one learning rate: both are the wrapped optimizer's objects.
         self.global_step = optimizer.global_step
         delattr(self, "learning_rate")  # the base class's placeholder; may become a Cell below
@@ -408,10 +420,16 @@ class LARS(nn.Optimizer):
     # rescales of ResNet-50 made the LARS step ~38x the Momentum step (now ~2x; inside a GRAPH-mode
     # construct the decorator changes nothing). benchmarks/bench_lars_step.py --modes PYNATIVE.
     @ms.jit
-    def _portable(self, gradients):
+    def _portable_checked(self, gradients):
+        """(all gradients finite, the LARS gradients); the adapted gradients are judged by their
+        sum of squares, which the trust ratios need anyway."""
+        g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
+        finite = check_gradients(self, gradients, g_sq, self.lars_flag)
+        return finite, self._portable(gradients, g_sq)
+
+    def _portable(self, gradients, g_sq):
         params = self._parameters
         w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, params))
-        g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
         grad_scale = self.reciprocal_scale if self.need_scale else 1.0
         a, b = lars_scales(w_sq, g_sq, self._weight_decay_vector(), self.coefficient,
                            self.epsilon, self.use_clip, self._clip_lr(), grad_scale)
@@ -434,11 +452,19 @@ class LARS(nn.Optimizer):
 
     def construct(self, gradients):
         gradients = self.flatten_gradients(gradients)
+        # A step with a non-finite gradient does not call the wrapped optimizer: its weights,
+        # state (moments, beta powers, ...) and global_step stay as they were.
         if self.backend == _backend.ASCEND:
-            gradients = self._ascend(gradients)
-        else:
-            gradients = self._portable(gradients)
-        return self.opt(gradients)
+            finite = check_gradients(self, gradients)
+            applied = finite
+            if finite:
+                applied = ops.depend(applied, self.opt(self._ascend(gradients)))
+            return applied
+        finite, lars_gradients = self._portable_checked(gradients)
+        applied = finite
+        if finite:
+            applied = ops.depend(applied, self.opt(lars_gradients))
+        return applied
 
     def parameter_table(self):
         """

@@ -8,9 +8,13 @@ global steps 0, F, 2F, ... and stale steps run the cheap graph. The step number 
 optimizer's checkpointed ``global_step``, so resuming from a checkpoint continues the pattern.
 
 Host cost per step: the step number is kept on the host and read from the device (a sync) only
-on the first call and whenever ``global_step``'s storage was replaced (``load_checkpoint`` /
+on the first call, whenever ``global_step``'s storage was replaced (``load_checkpoint`` /
 ``load_param_into_net`` / ``set_data`` all replace it; the old storage is held, so its address
-cannot be reused unnoticed). The ``thor`` flag rests False (evaluation compiles and runs without
+cannot be reused unnoticed), and around refresh steps: after a refresh step and before a step the
+host count predicts to be a refresh step (two reads per `frequency` steps). A step with
+non-finite gradients leaves ``global_step`` unchanged (the optimizer skips it), so the host count
+can run one ahead; these reads put the refresh back on the device's step (a skipped refresh step is
+retried on the next call). The ``thor`` flag rests False (evaluation compiles and runs without
 statistics) and is flipped to True, on the cached THOR layers and the optimizer only, around
 refresh steps; stale steps touch no flag.
 """
@@ -42,8 +46,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         ``sens`` is a static loss scale; build the optimizer with the same ``loss_scale``.
         After each call the ``thor`` flag of the THOR layers is left False, so evaluation
         between steps collects no statistics. The step number is read from the device only on
-        the first call and after ``global_step`` was replaced (checkpoint load); see
-        :meth:`resync_step` for other in-place changes.
+        the first call, after ``global_step`` was replaced (checkpoint load), after a refresh
+        step and before a step the host count predicts to be a refresh step (a step skipped
+        for non-finite gradients does not advance ``global_step``; these reads keep refreshes
+        at global steps 0, F, 2F, ...); see :meth:`resync_step` for other in-place changes.
 
     Args:
         network (Cell): network with loss.
@@ -93,6 +99,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         self._set_mode(False)
         self._host_step = None  # host copy of optimizer.global_step, None: read it
         self._step_storage = None  # global_step's storage when it was read (held: no reuse)
+        self._host_counted = False  # _host_step was counted on the host since it was read
 
     def _next_step(self):
         """The global step of the next call, from the host copy unless it may be stale."""
@@ -101,6 +108,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
                 or gs.data_ptr() != self._step_storage.data_ptr():
             self._host_step = int(gs.asnumpy().reshape(-1)[0])
             self._step_storage = gs.data
+            self._host_counted = False
         return self._host_step
 
     def resync_step(self):
@@ -114,6 +122,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
 
     def next_step_refreshes(self):
         """Whether the next call is a refresh step (from the optimizer's ``global_step``)."""
+        if self._next_step() % self.frequency == 0 and self._host_counted:
+            # predicted by the host count: confirm it (a skipped non-finite step did not advance
+            # global_step)
+            self.resync_step()
         return self._next_step() % self.frequency == 0
 
     def _set_mode(self, refresh):
@@ -137,9 +149,11 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         finally:
             if refresh:
                 self._set_mode(False)
-            if ok and not getattr(self, "dynamic_loss_scale", False):
+            if ok and not refresh and not getattr(self, "dynamic_loss_scale", False):
                 self._host_step += 1
+                self._host_counted = True
             else:
+                # a refresh step skipped for non-finite gradients is retried: read the step
                 # a loss-scale cell may skip the optimizer (overflow): read the step next time
                 self.resync_step()
 

@@ -17,6 +17,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 
 from .. import _backend
+from .._nonfinite import add_nonfinite_state, check_gradients
 from .._validation import (check_bool, check_callable, check_float, check_int,
                            check_non_negative, check_positive, check_type)
 from ..ops import kfac
@@ -246,6 +247,7 @@ class ThorOptimizer(nn.Optimizer):
         self.t_keep = ParameterTuple(t_keep)
         self.thor_fault_count = Parameter(Tensor(np.zeros((max(self.n_layers, 1),), np.int32)),
                                           name="thor_fault_count", requires_grad=False)
+        add_nonfinite_state(self, len(self._parameters))
 
         # --- data parallel seam ---------------------------------------------------------------
         self.split_indices = split_indices
@@ -372,11 +374,11 @@ class ThorOptimizer(nn.Optimizer):
             out = out + (self._owns(k),)
         return out
 
-    def _refresh(self, lam, gradients):
+    def _refresh(self, lam, gradients, finite):
         """Refresh step: statistics -> damped inverses (kept where the statistics are bad).
 
         Writes ``a_inv``, ``g_inv``, ``t_keep`` and ``fault_count``; returns a token that the
-        preconditioning depends on.
+        preconditioning depends on. With non-finite gradients (``finite`` False) nothing changes.
         """
         # the statistics were written in this step's forward/backward: read them after it
         # (hyper_map inputs are flat tuples: PYNATIVE's HyperMap recurses into nested ones)
@@ -394,7 +396,7 @@ class ThorOptimizer(nn.Optimizer):
                               self._dims_g, self._owns_tuple(), stat_a, stat_g, self.stat_t,
                               self.a_inv, self.g_inv)
         bufs = self._share_inverses(_flatten(bufs))
-        bad = self.hyper_map(_commit_inverses, bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
+        bad = self.hyper_map(ops.partial(_commit_inverses, finite), bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
                              self.a_inv, self.g_inv, self.t_keep)
         if self.n_layers:
             return ops.assign_add(self.thor_fault_count, ops.stack(bad))
@@ -408,6 +410,9 @@ class ThorOptimizer(nn.Optimizer):
         if not self.thor_driven:
             _warn_undriven(self.frequency)
         gradients = self.flatten_gradients(gradients)
+        # One flag over all gradients: a non-finite step writes nothing (every assign below keeps
+        # the old value where it is False) and is recorded in nonfinite_steps / nonfinite_param.
+        finite = check_gradients(self, gradients)
         gradients = self.scale_grad(gradients)
         lam = self._clamped(self.thor_damping, self._n_damping)
         lr = self._clamped(self._lr_values, self._n_lr) if self.dynamic_lr \
@@ -415,7 +420,7 @@ class ThorOptimizer(nn.Optimizer):
         if self.thor:
             # statistics are written during forward/backward of this step; the preconditioning
             # below reads the inverses this refresh writes
-            token = self._refresh(lam, gradients)
+            token = self._refresh(lam, gradients, finite)
         else:
             token = lam
         if self.stat_n:
@@ -431,16 +436,18 @@ class ThorOptimizer(nn.Optimizer):
         if self.kl_clip is not None:
             dots = self.hyper_map(_precond_dot, self._is_preconditioned, precond, gradients)
             nu = kfac.kl_clip_factor(ops.stack(dots).sum(), lr, self.kl_clip)
-            success = ops.depend(success, ops.assign(self.thor_kl_scale, nu))
+            success = ops.depend(success, ops.assign(
+                self.thor_kl_scale, ops.where(finite, nu, self.thor_kl_scale)))
             precond = self.hyper_map(ops.partial(_scale_precond, nu), self._is_preconditioned,
                                      precond)
         updated = self.hyper_map(
-            ops.partial(_thor_update, lr, self.momentum, self.weight_decay_value,
+            ops.partial(_thor_update, finite, lr, self.momentum, self.weight_decay_value,
                         self.use_nesterov, self.enable_clip_grad),
             self.decay_flags, self._parameters, self.moments, precond)
         success = ops.depend(success, updated)
-        success = ops.depend(success, ops.assign_add(self.global_step,
-                                                     ops.ones((1,), ms.int32)))
+        # a skipped step does not advance the step (as a loss-scale cell's overflow skip)
+        success = ops.depend(success, ops.assign_add(
+            self.global_step, ops.reshape(ops.cast(finite, ms.int32), (1,))))
         return success
 
 
@@ -546,14 +553,18 @@ def _make_invert_fn(spd_block_inverse):
 _commit_inverses = ops.MultitypeFuncGraph("thor_commit_inverses")
 
 
-@_commit_inverses.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
-def _commit_layer(a_new, g_new, okf, tk, a_inv, g_inv, t_keep):
-    """Keep the new inverses where they are good, the last good ones otherwise; 1 if rejected."""
-    ok = okf > 0.5
+@_commit_inverses.register("Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                           "Tensor")
+def _commit_layer(finite, a_new, g_new, okf, tk, a_inv, g_inv, t_keep):
+    """Keep the new inverses where they are good, the last good ones otherwise; 1 if rejected.
+
+    ``finite`` False (non-finite gradients: the step is skipped): keep all, count nothing.
+    """
+    ok = ops.logical_and(okf > 0.5, finite)
     a_k = ops.where(ok, a_new, a_inv)
     g_k = ops.where(ok, g_new, g_inv)
     t_k = ops.where(ok, tk, t_keep)
-    bad = ops.cast(1 - ops.cast(ok, ms.int32), ms.int32)
+    bad = ops.cast(1 - ops.cast(okf > 0.5, ms.int32), ms.int32) * ops.cast(finite, ms.int32)
     bad = ops.depend(bad, ops.assign(a_inv, a_k))
     bad = ops.depend(bad, ops.assign(g_inv, g_k))
     return ops.depend(bad, ops.assign(t_keep, t_k))
@@ -605,18 +616,22 @@ def _scale_precond_param(nu, flag, precond):
 _thor_update = ops.MultitypeFuncGraph("thor_update")
 
 
-@_thor_update.register("Tensor", "Tensor", "Number", "Bool", "Bool", "Bool", "Tensor", "Tensor",
-                       "Tensor")
-def _thor_update_param(lr, momentum, weight_decay, use_nesterov, clip, decay, param, moment, grad):
-    """Weight decay, clipping and the momentum step of one (preconditioned) gradient."""
+@_thor_update.register("Tensor", "Tensor", "Tensor", "Number", "Bool", "Bool", "Bool", "Tensor",
+                       "Tensor", "Tensor")
+def _thor_update_param(finite, lr, momentum, weight_decay, use_nesterov, clip, decay, param, moment,
+                       grad):
+    """Weight decay, clipping and the momentum step of one (preconditioned) gradient; nothing
+    is written where ``finite`` is False."""
     if weight_decay > 0 and decay:
         grad = grad + weight_decay * param
     if clip:
         grad = ops.clip_by_norm(grad, CLIP_NORM)
     w_new, v_new = kfac.momentum_step(ops.cast(param, ms.float32), ops.cast(moment, ms.float32),
                                       grad, lr, momentum, use_nesterov)
-    success = ops.depend(True, ops.assign(moment, ops.cast(v_new, moment.dtype)))
-    return ops.depend(success, ops.assign(param, ops.cast(w_new, param.dtype)))
+    v_new = ops.where(finite, ops.cast(v_new, moment.dtype), moment)
+    w_new = ops.where(finite, ops.cast(w_new, param.dtype), param)
+    success = ops.depend(True, ops.assign(moment, v_new))
+    return ops.depend(success, ops.assign(param, w_new))
 
 
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
@@ -667,6 +682,17 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         - Statistics or inverses that are non-finite, or a damping too small for float32 Cholesky
           (:math:`\delta \le s\,2^{-23}\max \operatorname{diag}`), keep the layer's last good
           inverses; the event is counted in the Parameter ``thor_fault_count``.
+        - Non-finite gradients: a step in which any gradient holds a NaN or an Inf (e.g. a NaN
+          batch) writes nothing: weights, moments, the inverses (also on a refresh step),
+          ``thor_kl_scale``, ``thor_fault_count`` and ``global_step`` stay bit-identical, as
+          when a loss-scale cell skips an overflow step; since ``global_step`` does not advance,
+          a skipped refresh step is retried on the next step. The step is counted in the
+          Parameter ``nonfinite_steps`` (int32) and the index (into the optimizer's
+          parameters) of the first non-finite gradient is stored in ``nonfinite_param`` (-1
+          before any). :class:`ThorTrainOneStepCell` does not read them (no per-step sync);
+          :class:`ms_optim.OptimizerMonitor` warns, naming the step and the parameter; without
+          it, read the counter. Finite steps are unchanged bit for bit. The test is one float32
+          sum per gradient: a finite gradient whose sum overflows float32 counts as non-finite.
         - The result does not depend on `loss_scale` (a static loss scale, e.g.
           ``FixedLossScaleManager(s, drop_overflow_update=False)`` with ``loss_scale=s``).
           Dynamic loss scaling and dropped overflow steps: through
