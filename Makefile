@@ -35,7 +35,7 @@ docs: $(STAMP)
 # which must not go into .venv: it runs with PEERS_PY (a python of a separate venv, see the
 # script's docstring) when that exists, and is skipped with a message otherwise.
 BENCH_SCRIPTS := bench_lars_step bench_lars_e2e bench_thor_step bench_thor_sink \
-                 thor_checkpoint_size bench_large_batch
+                 thor_checkpoint_size bench_large_batch bench_thor_accuracy
 PEERS_PY ?= $(firstword $(wildcard /work/peers-venv/bin/python))
 
 define run_benchmarks

@@ -311,7 +311,8 @@ def _thor_checks(config, ranks, ref):
 @pytest.fixture(scope="module")
 def thor_job(tmp_path_factory):
     return run_equivalence_job(str(tmp_path_factory.mktemp("dp_thor")),
-                               ["thor-graph", "thor_dist-pynative", "thor_ln-graph"])
+                               ["thor-graph", "thor_dist-pynative", "thor_ln-graph",
+                                "thor_ctrl-graph"])
 
 
 @pytest.mark.parametrize("config", ["thor-graph", "thor_dist-pynative"])
@@ -335,6 +336,20 @@ def test_thor_layernorm_data_parallel_equals_full_batch(thor_job):
     ranks = results["thor_ln-graph"]
     ref = assert_data_parallel_exact("thor_ln-graph", ranks)
     _thor_checks("thor_ln-graph", ranks, ref)
+
+
+def test_thor_controls_data_parallel_equals_full_batch(thor_job):
+    """kl_clip and factor_decay (two buckets, inversion split over the ranks): the KL factor is
+    computed from the rank-averaged gradients and the running means from the reduced factors,
+    so the ranks equal the single process; both controls were active."""
+    _, results = thor_job
+    ranks = results["thor_ctrl-graph"]
+    ref = assert_data_parallel_exact("thor_ctrl-graph", ranks)
+    _thor_checks("thor_ctrl-graph", ranks, ref)
+    for state in ranks + [ref]:
+        assert float(state["opt/thor_kl_scale"]) < 1.0
+        weights = [v for k, v in state.items() if k.startswith("opt/thor_avg_w.")]
+        assert weights and all(abs(float(w) - (1 - 0.8 ** 3)) < 1e-6 for w in weights)
 
 
 def test_thor_distributed_inversion_graph_mode(tmp_path):

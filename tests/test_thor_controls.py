@@ -85,3 +85,99 @@ def test_kl_clip_validation(bad, err):
     with pytest.raises(err, match="'kl_clip'"):
         thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9, kl_clip=bad)
     assert type(net[0]) is nn.Dense  # untouched
+
+
+class _FactorAverage(nn.Cell):
+    def __init__(self, decay):
+        super().__init__()
+        self.decay = decay
+
+    def construct(self, raw, weight, new):
+        return kfac.factor_moving_average(raw, weight, new, self.decay)
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.5, 0.95])
+def test_factor_moving_average_matches_float64(mode, decay):
+    """Four refreshes: the running mean equals the normalised weighted mean of the factors."""
+    rng = np.random.default_rng(3)
+    factors = [rng.standard_normal((2, 4, 4)).astype(np.float32) for _ in range(4)]
+    fn = _FactorAverage(decay)
+    raw, weight = Tensor(np.zeros((2, 4, 4), np.float32)), Tensor(0.0, ms.float32)
+    for k in range(1, 5):
+        raw, weight, avg = fn(raw, weight, Tensor(factors[k - 1]))
+        want = controls_ref.factor_average(factors[:k], decay)
+        np.testing.assert_allclose(avg.asnumpy(), want, rtol=2e-6, atol=2e-6, err_msg=f"k={k}")
+
+
+@pytest.mark.parametrize("kind", ["mlp", "conv"])
+def test_factor_decay_training_matches_float64(mode, kind):
+    """thor(factor_decay=...) over three refreshes (F = 2, 6 steps) against the float64
+    reference, together with kl_clip; the averaging changes the result (it is active)."""
+    import thor_helpers as H
+    from ms_optim import ThorTrainOneStepCell, thor
+    from reference import thor_ref
+    rng = np.random.default_rng(12)
+    if kind == "mlp":
+        spec = H.mlp_spec(rng)
+        data = H.batches(rng, 6, 8, (6,))
+    else:
+        spec = H.finish_conv_spec(H.conv_spec(rng), rng)
+        data = H.batches(rng, 6, 3, H.conv_input_shape())
+    lr, damping, beta = [0.3, 0.2], [0.1], 0.8
+    net = H.build_net(spec)
+    opt = thor(net, Tensor(np.asarray(lr, np.float32)), Tensor(np.asarray(damping, np.float32)),
+               0.9, weight_decay=1e-3, frequency=2, kl_clip=1e-2, factor_decay=beta)
+    step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+    losses = [float(step(*H.to_ms(x, y)).asnumpy()) for x, y in data]
+    ref_layers, ref_losses = thor_ref.run_thor(spec, data, lr, damping, 0.9, 2, weight_decay=1e-3,
+                                               kl_clip=1e-2, factor_decay=beta)
+    plain, _ = thor_ref.run_thor(spec, data, lr, damping, 0.9, 2, weight_decay=1e-3, kl_clip=1e-2)
+    np.testing.assert_allclose(losses, ref_losses, rtol=5e-4)
+    for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=5e-4, atol=1e-5, err_msg=got.name)
+    assert any(not np.allclose(a, b, rtol=1e-3) for a, b in zip(H.spec_params(ref_layers),
+                                                                 H.spec_params(plain)))
+    assert float(opt.thor_factor_weight[0].asnumpy()) == pytest.approx(1 - beta ** 3, rel=1e-6)
+
+
+def test_factor_decay_state_is_checkpointed_and_resume_is_exact(tmp_path):
+    """The running means are in the checkpoint: 4 steps, save, load into a fresh run, 2 more
+    steps == 6 uninterrupted steps, bit for bit."""
+    import thor_helpers as H
+    from ms_optim import ThorTrainOneStepCell, thor
+    rng = np.random.default_rng(5)
+    spec = H.mlp_spec(rng)
+    data = H.batches(rng, 6, 8, (6,))
+
+    def build():
+        net = H.build_net(spec)
+        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, frequency=2,
+                   factor_decay=0.7)
+        return net, opt, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+
+    net, _, step = build()
+    for x, y in data:
+        step(*H.to_ms(x, y))
+    net2, opt2, step2 = build()
+    for x, y in data[:4]:
+        step2(*H.to_ms(x, y))
+    names = {p.name for p in step2.get_parameters()}
+    assert any(n.startswith("thor_avg_a.") for n in names)
+    ckpt = str(tmp_path / "fd.ckpt")
+    ms.save_checkpoint(step2, ckpt)
+    net3, _, step3 = build()
+    ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
+    for x, y in data[4:]:
+        step3(*H.to_ms(x, y))
+    for a, b in zip(net.trainable_params(), net3.trainable_params()):
+        np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
+
+
+@pytest.mark.parametrize("bad,err", [("0.9", TypeError), (True, TypeError), (1.0, ValueError),
+                                     (-0.1, ValueError), (float("nan"), ValueError)])
+def test_factor_decay_validation(bad, err):
+    from ms_optim import thor
+    net = nn.SequentialCell([nn.Dense(3, 2)])
+    with pytest.raises(err, match="'factor_decay'"):
+        thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9, factor_decay=bad)
+    assert type(net[0]) is nn.Dense  # untouched

@@ -19,7 +19,7 @@ __all__ = [
     "spd_block_inverse_cholesky", "inverse_from_upper_inverse", "damped_block_inverse",
     "damped_inverse_of_blocks", "kron_precondition", "layernorm_precondition",
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
-    "momentum_step", "kl_clip_scale", "kl_clip_factor",
+    "momentum_step", "kl_clip_scale", "kl_clip_factor", "factor_moving_average",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -464,3 +464,43 @@ def kl_clip_factor(inner, lr, kl_clip):
     one = ops.ones((), ms.float32)
     nu = ops.sqrt(kl_clip / ops.select(ok, s, one))
     return ops.select(ok, ops.minimum(nu, one), one)
+
+
+def factor_moving_average(raw, weight, new, decay):
+    r"""Running average of a Kronecker factor across refreshes (KAISA / kfac-jax style), with the
+    start-up bias removed.
+
+    .. math::
+
+        R_k = \beta R_{k-1} + (1 - \beta) F_k,\qquad
+        w_k = \beta w_{k-1} + (1 - \beta),\qquad
+        \bar F_k = R_k / w_k,\qquad R_0 = 0,\ w_0 = 0
+
+    so :math:`\bar F_1 = F_1` and :math:`\bar F_k = \sum_{j \le k} \beta^{k-j} F_j / \sum_{j \le k}
+    \beta^{k-j}`: a normalised exponentially weighted mean of the refreshes' factors :math:`F_j`
+    (:math:`A` or :math:`G`, or their diagonal blocks: the mean is linear).
+
+    Args:
+        raw (Tensor): :math:`R_{k-1}`, float32, the factor's shape.
+        weight (Tensor): :math:`w_{k-1}`, float32 scalar.
+        new (Tensor): :math:`F_k`, the refresh's factor (same shape as `raw`).
+        decay (float): :math:`\beta \in [0, 1)`.
+
+    Returns:
+        tuple ``(raw, weight, average)``: :math:`R_k`, :math:`w_k`, :math:`\bar F_k`.
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from ms_optim.ops.kfac import factor_moving_average
+        >>> r, w = ms.Tensor(np.zeros(2, np.float32)), ms.Tensor(0.0)
+        >>> r, w, avg = factor_moving_average(r, w, ms.Tensor(np.array([1.0, 2.0], np.float32)), 0.5)
+        >>> avg.asnumpy().tolist()  # the first refresh: the factor itself
+        [1.0, 2.0]
+        >>> r, w, avg = factor_moving_average(r, w, ms.Tensor(np.array([3.0, 4.0], np.float32)), 0.5)
+        >>> avg.asnumpy().tolist()  # (0.5*0.5*[1, 2] + 0.5*[3, 4]) / 0.75
+        [2.3333332538604736, 3.3333332538604736]
+    """
+    raw = decay * raw + (1.0 - decay) * ops.cast(new, ms.float32)
+    weight = decay * weight + (1.0 - decay)
+    return raw, weight, raw / weight

@@ -158,7 +158,8 @@ class ThorOptimizer(nn.Optimizer):
 
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
-                 frequency, backend, distribute_inversion, kernels=None, kl_clip=None):
+                 frequency, backend, distribute_inversion, kernels=None, kl_clip=None,
+                 factor_decay=None):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         self.frequency = frequency
@@ -247,6 +248,22 @@ class ThorOptimizer(nn.Optimizer):
         self.t_keep = ParameterTuple(t_keep)
         self.thor_fault_count = Parameter(Tensor(np.zeros((max(self.n_layers, 1),), np.int32)),
                                           name="thor_fault_count", requires_grad=False)
+        #: running means of the factors across refreshes (factor_decay; checkpointed: unlike the
+        #: statistics they cannot be recomputed): raw sums R, weights w (kfac.factor_moving_average)
+        self.factor_decay = factor_decay
+        avg_a, avg_g, avg_w = [], [], []
+        if factor_decay is not None:
+            for k, cell in enumerate(layers):
+                wname = self._parameters[widx[k]].name
+                avg_a.append(Parameter(Tensor(np.zeros(cell.matrix_a.shape, np.float32)),
+                                       name=f"thor_avg_a.{wname}", requires_grad=False))
+                avg_g.append(Parameter(Tensor(np.zeros(cell.matrix_g.shape, np.float32)),
+                                       name=f"thor_avg_g.{wname}", requires_grad=False))
+                avg_w.append(Parameter(Tensor(0.0, ms.float32), name=f"thor_avg_w.{wname}",
+                                       requires_grad=False))
+        self.thor_avg_a = ParameterTuple(avg_a)
+        self.thor_avg_g = ParameterTuple(avg_g)
+        self.thor_factor_weight = ParameterTuple(avg_w)
         add_nonfinite_state(self, len(self._parameters))
 
         # --- data parallel seam ---------------------------------------------------------------
@@ -392,6 +409,12 @@ class ThorOptimizer(nn.Optimizer):
         if self._parallel:
             stats = self._reduce_statistics(_interleave((stat_a, stat_g)))
             stat_a, stat_g = stats[0::2], stats[1::2]
+        if self.factor_decay is not None:
+            # the inverses are formed from the running means (every rank: same reduced input)
+            means = _flatten(self.hyper_map(ops.partial(_average_factors, self.factor_decay, finite),
+                                            self.thor_avg_a, self.thor_avg_g,
+                                            self.thor_factor_weight, stat_a, stat_g))
+            stat_a, stat_g = means[0::2], means[1::2]
         bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._kron_flags, self._dims_a,
                               self._dims_g, self._owns_tuple(), stat_a, stat_g, self.stat_t,
                               self.a_inv, self.g_inv)
@@ -470,6 +493,22 @@ def _interleave(tuples):
         for t in tuples:
             out = out + (t[k],)
     return out
+
+
+_average_factors = ops.MultitypeFuncGraph("thor_average_factors")
+
+
+@_average_factors.register("Number", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor")
+def _average_factors_layer(decay, finite, raw_a, raw_g, weight, a, g):
+    """One layer's running means of A and G; the state is updated only with finite factors of a
+    step with finite gradients (a non-finite mean is rejected by the inversion's fault guard)."""
+    ok = ops.logical_and(finite, ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all()))
+    new_ra, new_w, mean_a = kfac.factor_moving_average(raw_a, weight, a, decay)
+    new_rg, _, mean_g = kfac.factor_moving_average(raw_g, weight, g, decay)
+    done = ops.assign(raw_a, ops.where(ok, new_ra, raw_a))
+    done = ops.depend(done, ops.assign(raw_g, ops.where(ok, new_rg, raw_g)))
+    done = ops.depend(done, ops.assign(weight, ops.where(ok, new_w, weight)))
+    return ops.depend(mean_a, done), ops.depend(mean_g, done)
 
 
 _read_stat_scaled = ops.MultitypeFuncGraph("thor_read_stat_scaled")
@@ -637,7 +676,7 @@ def _thor_update_param(finite, lr, momentum, weight_decay, use_nesterov, clip, d
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
-         thor_filter=None, verbose=False, kl_clip=None):
+         thor_filter=None, verbose=False, kl_clip=None, factor_decay=None):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -754,6 +793,14 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             \langle \tilde g, g\rangle)})` (:func:`ms_optim.ops.kfac.kl_clip_scale`) before
             weight decay; the last :math:`\nu` is kept in the Parameter ``thor_kl_scale``.
             Default: ``None`` (off).
+        factor_decay (float): keyword-only; :math:`\beta \in [0, 1)`: the inverses of the
+            :math:`k`-th refresh are formed from the running means :math:`\bar A_k = R_k / w_k`,
+            :math:`R_k = \beta R_{k-1} + (1 - \beta) A_k`, :math:`w_k = \beta w_{k-1} + (1 -
+            \beta)`, :math:`R_0 = w_0 = 0` (and the same for :math:`G`;
+            :func:`ms_optim.ops.kfac.factor_moving_average`) instead of the refresh's own
+            factors; :math:`R` and :math:`w` are Parameters (``thor_avg_a.*``, ``thor_avg_g.*``,
+            ``thor_avg_w.*``, checkpointed). The factors are averaged at the inverse cadence
+            (every `frequency` steps). Default: ``None`` (off).
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -773,9 +820,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `decay_filter` is not callable.
         TypeError: If `thor_filter` is neither None nor callable.
         TypeError: If `split_indices` is not a list/tuple of int.
-        TypeError: If `kl_clip` is neither None nor a float or int.
+        TypeError: If `kl_clip` or `factor_decay` is neither None nor a float or int.
         ValueError: If `loss_scale` <= 0.
-        ValueError: If `kl_clip` <= 0.
+        ValueError: If `kl_clip` <= 0, or `factor_decay` is not in [0, 1).
         ValueError: If `weight_decay` or `momentum` < 0.
         ValueError: If `frequency` < 2.
         ValueError: If `batch_size` <= 0.
@@ -835,6 +882,13 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         check_type(_NAME, "kl_clip", kl_clip, (float, numbers.Integral), "None, float or int")
         kl_clip = float(kl_clip)
         check_positive(_NAME, "kl_clip", kl_clip)
+    if factor_decay is not None:
+        check_type(_NAME, "factor_decay", factor_decay, (float, numbers.Integral),
+                   "None, float or int")
+        factor_decay = float(factor_decay)
+        if not 0.0 <= factor_decay < 1.0:
+            raise ValueError(f"For '{_NAME}', the argument 'factor_decay' must be in [0, 1), "
+                             f"but got {factor_decay}.")
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -858,4 +912,4 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     return ThorOptimizer(net, net.trainable_params(), lr_tensor, damping_values, momentum,
                          weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
                          split_indices, enable_clip_grad, frequency, resolved, distribute_inversion,
-                         kl_clip=kl_clip)
+                         kl_clip=kl_clip, factor_decay=factor_decay)

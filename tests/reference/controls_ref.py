@@ -9,3 +9,10 @@ def kl_clip_scale(preconditioned, gradients, lr, kl_clip):
     if not np.isfinite(s) or s <= 0:
         return 1.0
     return min(1.0, float(np.sqrt(kl_clip / s)))
+
+
+def factor_average(factors, decay):
+    """sum_j decay^(k-j) F_j / sum_j decay^(k-j) over the k factors given (float64)."""
+    k = len(factors)
+    w = [float(decay) ** (k - 1 - j) for j in range(k)]
+    return sum(wj * np.asarray(f, np.float64) for wj, f in zip(w, factors)) / sum(w)

@@ -155,13 +155,16 @@ def layernorm_rule(g, n, lam):
 
 
 def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
-             nesterov=False, decay_all=True, start_step=0, kl_clip=None):
+             nesterov=False, decay_all=True, start_step=0, kl_clip=None, factor_decay=None):
     """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
 
     ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
     ``kl_clip``: KAISA's rule, the preconditioned weight gradients scaled by
     ``min(1, sqrt(kl_clip / (lr^2 sum <pg, g>)))``.
+    ``factor_decay``: the inverses are formed from the normalised exponentially weighted means of
+    the refreshes' full factors, ``sum_j b^(k-j) F_j / sum_j b^(k-j)``.
     """
+    history = {}
     layers = [dict(l) for l in layers]
     vel = {}
     inv = {}
@@ -182,6 +185,12 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
             if step % frequency == 0:
                 p, d, n, t = stats[li]
                 a, g = factors(p, d, n, t)
+                if factor_decay is not None:
+                    history.setdefault(li, []).append((a, g))
+                    k = len(history[li])
+                    wts = [factor_decay ** (k - 1 - j) for j in range(k)]
+                    a = sum(wj * aj for wj, (aj, _) in zip(wts, history[li])) / sum(wts)
+                    g = sum(wj * gj for wj, (_, gj) in zip(wts, history[li])) / sum(wts)
                 delta = np.sqrt(lam / t)
                 inv[li] = (block_diag_inverse(a, delta), block_diag_inverse(g, delta), t)
             w2 = layer["w"].reshape(layer["w"].shape[0], -1)
