@@ -197,10 +197,15 @@ def _assert_close_to_reference(reference, net, init):
     return errs
 
 
+SLOW = pytest.mark.slow  # the other combinations of the same code paths (make test-all)
+
+
 @pytest.mark.parametrize("level,keep_bn,loss_scale,zoo_order", [
-    ("O1", False, 1.0, False), ("O2", True, 128.0, False), ("O2", False, 128.0, False),
-    ("O3", True, 128.0, False), ("O3", False, 128.0, False), ("auto", False, 128.0, False),
-    ("O3", False, 128.0, True), ("O2", True, 128.0, True)])
+    ("O1", False, 1.0, False), ("O2", True, 128.0, False),
+    pytest.param("O2", False, 128.0, False, marks=SLOW),
+    pytest.param("O3", True, 128.0, False, marks=SLOW), ("O3", False, 128.0, False),
+    pytest.param("auto", False, 128.0, False, marks=SLOW),
+    ("O3", False, 128.0, True), pytest.param("O2", True, 128.0, True, marks=SLOW)])
 def test_model_amp_trains_like_float32(reference, level, keep_bn, loss_scale, zoo_order):
     ms.set_context(mode=ms.GRAPH_MODE)
     net, opt, init, losses = run_model(level, keep_bn, loss_scale, zoo_order)
@@ -209,7 +214,8 @@ def test_model_amp_trains_like_float32(reference, level, keep_bn, loss_scale, zo
     _assert_close_to_reference(reference, net, init)
 
 
-@pytest.mark.parametrize("how", ["O1", "O2", "O3", "to_float"])
+@pytest.mark.parametrize("how", ["O1", "O2", pytest.param("O3", marks=SLOW),
+                                 pytest.param("to_float", marks=SLOW)])
 def test_train_cell_amp_trains_like_float32(reference, how):
     ms.set_context(mode=ms.GRAPH_MODE)
     net, opt, init, losses = run_cell(how, loss_scale=1.0 if how == "O1" else 128.0)
@@ -218,7 +224,8 @@ def test_train_cell_amp_trains_like_float32(reference, how):
 
 
 @pytest.mark.parametrize("level,keep_bn,loss_scale", [
-    ("O1", False, 1.0), ("O2", True, 128.0), ("O3", False, 128.0)])
+    pytest.param("O1", False, 1.0, marks=SLOW), ("O2", True, 128.0),
+    pytest.param("O3", False, 128.0, marks=SLOW)])
 def test_model_amp_pynative(reference, level, keep_bn, loss_scale):
     old = ms.get_context("mode")
     ms.set_context(mode=ms.PYNATIVE_MODE)
