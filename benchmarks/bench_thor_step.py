@@ -15,9 +15,11 @@ measured interleaved (one Momentum step, one THOR step, ...) after both THOR gra
 THOR collected only the diagonal blocks; results unchanged). The network
 is a small CNN whose 3x3 convolutions have :math:`d_{in} = 9 \\cdot` width (> 128 for width >= 15,
 i.e. several diagonal blocks). No timing is asserted anywhere; these are numbers to report.
-``--quick``: 8 timed steps. Leaves out: ResNet-50 (its THOR graphs take minutes to compile on
-CPU), data loading, dataset sink mode (see ``bench_thor_sink.py``). Writes
-``outputs/bench/thor_step.json``.
+``--quick``: 8 timed steps. ``--net resnet50``: the bottleneck ResNet-50 of ``resnet50.py``
+(161 parameter tensors, 54 THOR layers; 32x32 images by default, its THOR graphs take minutes to
+compile on CPU), written to ``outputs/bench/thor_step_resnet50.json``. The first-call time of
+every graph (compilation plus one step) is printed too. Leaves out: data loading, dataset sink
+mode (see ``bench_thor_sink.py``). Writes ``outputs/bench/thor_step.json``.
 """
 import argparse
 import statistics
@@ -36,7 +38,13 @@ from ms_optim.ops import kfac
 from ms_optim.thor import layers as thor_layers
 
 
+_NET = {"name": "cnn", "image": 16, "classes": 10}
+
+
 def _net(width):
+    if _NET["name"] == "resnet50":
+        from resnet50 import resnet50  # benchmarks/resnet50.py: bottleneck ResNet-50
+        return resnet50(num_classes=_NET["classes"])
     layers = [nn.Conv2d(3, width, 3), nn.BatchNorm2d(width), nn.ReLU()]
     for _ in range(3):
         layers += [nn.Conv2d(width, width, 3), nn.BatchNorm2d(width), nn.ReLU()]
@@ -45,8 +53,9 @@ def _net(width):
 
 
 def _data(batch):
-    x = Tensor(np.random.default_rng(0).standard_normal((batch, 3, 16, 16)).astype(np.float32))
-    y = Tensor(np.random.default_rng(1).integers(0, 10, batch).astype(np.int32))
+    im = _NET["image"]
+    x = Tensor(np.random.default_rng(0).standard_normal((batch, 3, im, im)).astype(np.float32))
+    y = Tensor(np.random.default_rng(1).integers(0, _NET["classes"], batch).astype(np.int32))
     return x, y
 
 
@@ -60,8 +69,11 @@ def _momentum_step(width, batch):
     train = nn.TrainOneStepCell(nn.WithLossCell(net, _loss()),
                                 nn.Momentum(net.trainable_params(), 0.05, 0.9, weight_decay=1e-4))
     x, y = _data(batch)
-    for _ in range(3):
-        train(x, y).asnumpy()  # compile + warm-up
+    t0 = time.perf_counter()
+    train(x, y).asnumpy()  # compile
+    COMPILE["momentum_first_call_s"] = time.perf_counter() - t0
+    for _ in range(2):
+        train(x, y).asnumpy()  # warm-up
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     return (lambda: train(x, y).asnumpy()), n_params
 
@@ -73,8 +85,12 @@ def _thor_step(width, batch, frequency):
                         weight_decay=1e-4, batch_size=batch, frequency=frequency)
     train = ms_optim.ThorTrainOneStepCell(nn.WithLossCell(net, _loss()), opt)
     x, y = _data(batch)
-    for _ in range(frequency + 1):
-        train(x, y).asnumpy()  # compiles the refresh and the stale graph
+    for i in range(frequency + 1):
+        t0 = time.perf_counter()
+        train(x, y).asnumpy()  # step 0 compiles the refresh graph, step 1 the stale graph
+        if i < 2:
+            COMPILE[("thor_refresh" if i == 0 else "thor_stale") + "_first_call_s"] = \
+                time.perf_counter() - t0
 
     def step():
         refresh = train.next_step_refreshes()
@@ -82,6 +98,10 @@ def _thor_step(width, batch, frequency):
         train(x, y).asnumpy()
         return refresh, time.perf_counter() - t0
     return step, opt
+
+
+#: first-call seconds (compilation + one step) of each graph
+COMPILE = {}
 
 
 def _full_stats_patch():
@@ -109,7 +129,14 @@ def main():
     ap.add_argument("--width", type=int, default=16)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--full-stats", action="store_true")
+    ap.add_argument("--net", choices=("cnn", "resnet50"), default="cnn",
+                    help="resnet50: the bottleneck ResNet-50 of benchmarks/resnet50.py (161 "
+                         "parameter tensors; its THOR graphs take minutes to compile on CPU)")
+    ap.add_argument("--image", type=int, default=None, help="image side (cnn 16, resnet50 32)")
+    ap.add_argument("--classes", type=int, default=10)
     args = ap.parse_args()
+    _NET.update(name=args.net, image=args.image or (32 if args.net == "resnet50" else 16),
+                classes=args.classes)
     args.steps = args.steps or (8 if args.quick else 24)
     ms.set_device(args.device)
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -134,7 +161,11 @@ def main():
     print(f"device={args.device} mindspore={ms.__version__} ms_optim={ms_optim.__version__} "
           f"commit={commit} mode=GRAPH params={n_params} batch={args.batch} width={args.width} "
           f"frequency={args.frequency} timed_steps={args.steps}")
-    print(f"THOR layers={opt.n_layers}, A^-1 block shapes={[tuple(p.shape) for p in opt.a_inv]}")
+    print(f"net={args.net} image={_NET['image']} THOR layers={opt.n_layers}"
+          + ("" if args.net == "resnet50" else
+             f", A^-1 block shapes={[tuple(p.shape) for p in opt.a_inv]}"))
+    print("first call (compile + 1 step): " + ", ".join(f"{k[:-13]} {v:.1f} s"
+                                                       for k, v in COMPILE.items()))
     med_m = statistics.median(t_m)
     med = {k: statistics.median(v) for k, v in t_t.items()}
     print(f"{'step':<28}{'n':>5}{'median (ms)':>14}{'x Momentum':>12}")
@@ -145,7 +176,8 @@ def main():
     amortised = (med[True] + (args.frequency - 1) * med[False]) / args.frequency
     print(f"{label} amortised over F={args.frequency}: {amortised * 1e3:.2f} ms "
           f"({amortised / med_m:.2f} x Momentum)")
-    write_json("thor_step", {
+    write_json("thor_step" if args.net == "cnn" else f"thor_step_{args.net}", {
+        "net": args.net, "image": _NET["image"], **{k: round(v, 2) for k, v in COMPILE.items()},
         "benchmark": "thor_step", "label": label, "quick": args.quick, "steps": args.steps,
         "frequency": args.frequency, "width": args.width, "batch": args.batch, "params": n_params,
         "momentum_ms": round(med_m * 1e3, 2),
