@@ -21,8 +21,20 @@ _NORM_CELLS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.
                nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
 
 
-def _upstream_default_filter(x):
-    return 'LayerNorm' not in x.name and 'bias' not in x.name
+class _UpstreamDefaultFilter:
+    """The default ``lars_filter`` of ``mindspore.nn.LARS``; shown (``help``, ``inspect``) as the
+    lambda upstream writes."""
+
+    source_text = "lambda x: 'LayerNorm' not in x.name and 'bias' not in x.name"
+
+    def __call__(self, x):
+        return 'LayerNorm' not in x.name and 'bias' not in x.name
+
+    def __repr__(self):
+        return self.source_text
+
+
+_upstream_default_filter = _UpstreamDefaultFilter()
 
 
 # --------------------------------------------------------------------------------------------

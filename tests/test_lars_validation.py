@@ -91,3 +91,19 @@ def test_upstream_signature_and_defaults():
     assert flt(named("dense.weight")) and not flt(named("dense.bias"))
     assert not flt(named("encoder.LayerNorm.gamma")) and flt(named("bn.gamma"))
     assert sig.parameters["backend"].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_default_filter_is_shown_as_upstream_writes_it():
+    """help(ms_optim.LARS) shows upstream's lambda, not '<function ... at 0x...>', and the
+    default filters like it."""
+    import inspect
+    import ms_optim as mo
+    text = "lars_filter=lambda x: 'LayerNorm' not in x.name and 'bias' not in x.name"
+    assert text in str(inspect.signature(mo.LARS))
+    default = inspect.signature(mo.LARS).parameters["lars_filter"].default
+
+    class P:
+        def __init__(self, name):
+            self.name = name
+    assert [default(P(n)) for n in ("fc.weight", "fc.bias", "LayerNorm.gamma", "bn.gamma")] \
+        == [True, False, False, True]

@@ -78,6 +78,8 @@ def _default_text(default_node, func):
             as_lambda = _as_lambda(target)
             if as_lambda is not None:
                 return as_lambda
+        if isinstance(getattr(target, "source_text", None), str):  # a callable default object
+            return target.source_text
     return ast.unparse(default_node)
 
 
