@@ -62,3 +62,8 @@ bench-quick: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Headless Chromium (Debian's package) for tests/test_docs_render.py; needs root / apt.
+.PHONY: docs-browser
+docs-browser:
+	apt-get update && apt-get install -y --no-install-recommends chromium fonts-noto-cjk

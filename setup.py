@@ -31,8 +31,8 @@ setup(
         "numpy>=1.20,<2",
     ],
     extras_require={
-        "test": ["pytest>=7", "scikit-learn>=1.0", "matplotlib>=3.5", "psutil>=5"],
-        "docs": ["sphinx>=7,<9", "sphinx-mathjax-offline>=0.0.2"],
+        "test": ["pytest>=7", "scikit-learn>=1.0", "matplotlib>=3.5", "psutil>=5", "websocket-client>=1.6"],
+        "docs": ["sphinx>=7,<9", "sphinx-mathjax-offline>=0.0.2", "sphinx-rtd-theme>=2", "websocket-client>=1.6"],
         "examples": ["scikit-learn>=1.0", "matplotlib>=3.5"],
         # mnist1d generates its data locally (make_dataset); it imports requests, scipy, matplotlib.
         "bench": ["mnist1d>=0.0.2", "requests", "scipy", "matplotlib>=3.5", "scikit-learn>=1.0"],

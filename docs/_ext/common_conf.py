@@ -60,8 +60,13 @@ trim_doctest_flags = True
 
 coverage_check_module = "ms_optim"
 
-html_theme = "alabaster"
-html_static_path = []
+# MindSpore's API documentation uses a Read-the-Docs style theme; sphinx_rtd_theme bundles its
+# fonts, CSS and scripts (jQuery through sphinxcontrib-jquery), so pages load nothing remote.
+html_theme = "sphinx_rtd_theme"
+html_theme_options = {"navigation_depth": 3, "collapse_navigation": False,
+                      "style_external_links": False, "prev_next_buttons_location": "bottom"}
+html_static_path = [os.path.join(DOCS_DIR, "_static")]
+html_css_files = ["ms_optim.css"]
 html_show_sourcelink = False
 templates_path = [os.path.join(DOCS_DIR, "_templates")]
 exclude_patterns = ["_build"]

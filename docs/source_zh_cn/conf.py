@@ -11,3 +11,9 @@ coverage_check_language = "zh_cn"
 html_title = f"ms_optim {release} 文档"
 # The zh API pages are hand-written; nothing is generated from docstrings here.
 autosummary_generate = False
+
+# MindSpore's Chinese API documentation titles a note "说明" (Sphinx's zh_CN catalog says "备注").
+# The html writer reads these labels when it writes each admonition.
+from sphinx.locale import admonitionlabels  # noqa: E402
+
+admonitionlabels["note"] = "说明"
