@@ -215,19 +215,19 @@ class LARS(nn.Optimizer):
 
     .. math::
 
-        \begin{array}{ll}
-            \tau = \dfrac{\eta\,\|w\|_2}{\|g\|_2 + \lambda\|w\|_2 + \epsilon}
-                & \text{(no clip)}, \qquad
-            \tau = \min\!\Big(\max\!\big(\tfrac{\eta\,\|w\|_2}
-                {(\|g\|_2 + \lambda\|w\|_2 + \epsilon)\,\gamma_t},\,0\big),\,1\Big)
-                \ \text{(use\_clip)},\\[2ex]
-            \tau = 1 \quad \text{where } \|w\|_2 = 0,\ \|g\|_2 + \lambda\|w\|_2 + \epsilon = 0
-                \text{ or (use\_clip) } \gamma_t = 0,\\[1ex]
-            g' = \tau\,(g + \lambda w) \ \text{ if lars\_filter}(w), \qquad
-            g' = g + \lambda w \ \text{ otherwise},\\[1ex]
-            \text{the wrapped optimizer then applies its own update rule to } g'.
-        \end{array}
+        \begin{aligned}
+            \tau &= \frac{\eta\,\|w\|_2}{\|g\|_2 + \lambda\|w\|_2 + \epsilon}
+                \quad \text{without use_clip},\\[1ex]
+            \tau &= \min\!\Big(\max\!\Big(\frac{\eta\,\|w\|_2}
+                {(\|g\|_2 + \lambda\|w\|_2 + \epsilon)\,\gamma_t},\,0\Big),\,1\Big)
+                \quad \text{with use_clip},\\[1ex]
+            \tau &= 1 \quad \text{if } \|w\|_2 = 0, \text{ a denominator is } 0
+                \text{ or (use_clip) } \gamma_t = 0,\\[1ex]
+            g' &= \tau\,(g + \lambda w) \quad \text{if lars_filter}(w),
+                \qquad g' = g + \lambda w \quad \text{otherwise;}
+        \end{aligned}
 
+    then the wrapped optimizer applies its own update rule to :math:`g'`.
     :math:`\eta` is `coefficient`, :math:`\epsilon` is `epsilon`, :math:`\gamma_t` the wrapped
     optimizer's learning rate for :math:`w` at the current step (static, dynamic or per group),
     :math:`\lambda` its weight decay for :math:`w` (0 where its decay filter excludes

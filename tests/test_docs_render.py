@@ -37,19 +37,11 @@ CHROMIUM = os.environ.get("MS_OPTIM_CHROMIUM", "/usr/bin/chromium")
 WIDTH, HEIGHT = 1280, 900
 LANGS = ("en", "zh_cn")
 
-# UNFINISHED (issue 11): the checks work and fail today on the real pages (display formulas of
-# LARS/THOR and guide pages wider than the 1280 px column, inline math in tables that scroll
-# sideways, \text{lars\_filter} backslashes). Until the formulas are reworked the test is opt-in:
-# MS_OPTIM_RENDER_TEST=1 pytest tests/test_docs_render.py
 pytestmark = [
     pytest.mark.skipif(
         not os.path.isfile(CHROMIUM),
         reason=f"{CHROMIUM} is absent: install Debian's chromium with `make docs-browser` "
                f"(apt-get install chromium) to run the browser rendering checks"),
-    pytest.mark.skipif(
-        os.environ.get("MS_OPTIM_RENDER_TEST") != "1",
-        reason="opt-in until issue 11's formula rework lands (known failures: formulas overflow "
-               "the column); set MS_OPTIM_RENDER_TEST=1"),
 ]
 
 websocket = pytest.importorskip(

@@ -338,7 +338,7 @@ def embedding_input_statistic(ids, vocab_size, n):
         n (int): :math:`N`.
 
     Returns:
-        Tensor of shape :math:`(\text{vocab\_size},)`, float32.
+        Tensor of shape :math:`(\text{vocab_size},)`, float32.
     """
     ones = ops.ones(ids.shape, ms.float32)
     return ops.unsorted_segment_sum(ones, ops.cast(ids, ms.int32), vocab_size) / n

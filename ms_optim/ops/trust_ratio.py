@@ -17,7 +17,7 @@ def lars_trust_ratio(w_norm, g_norm, weight_decay, coefficient, epsilon, use_cli
                 & \text{if } \|w\| > 0 \text{ and } \|g\| + \lambda\|w\| + \epsilon > 0,\\[2ex]
             1 & \text{otherwise,}
         \end{cases}
-        \qquad
+
         \tau_{\text{clip}} = \begin{cases}
             \min\!\big(\max(\tau / \gamma_t,\ 0),\ 1\big)
                 & \text{if } \|w\| > 0,\ \|g\| + \lambda\|w\| + \epsilon > 0,\ \gamma_t > 0,\\

@@ -40,7 +40,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
 
     .. math::
 
-        \text{refresh}_t = (t \bmod F = 0),\qquad t = \text{optimizer.global\_step}
+        \text{refresh}_t = (t \bmod F = 0),\qquad t = \text{optimizer.global_step}
 
     Note:
         ``sens`` is a static loss scale; build the optimizer with the same ``loss_scale``.
@@ -208,7 +208,7 @@ class ThorWrapTrainCell(ThorTrainOneStepCell):
 
     .. math::
 
-        \text{refresh}_t = (t \bmod F = 0),\qquad t = \text{optimizer.global\_step}
+        \text{refresh}_t = (t \bmod F = 0),\qquad t = \text{optimizer.global_step}
 
     Note:
         - ``nn.TrainOneStepCell`` subclass: its ``sens`` is the static loss scale and must equal

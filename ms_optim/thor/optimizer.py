@@ -688,20 +688,21 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         \begin{array}{ll}
         \text{refresh } (t \bmod F = 0): & A = \frac{1}{NT}P^\top P,\quad
             G = \frac{N}{T}D^\top D,\quad \delta = \sqrt{\lambda_t / T} \\
-        & \hat A^{-1} = \operatorname{blockdiag}_{128}(A + \delta I)^{-1},\quad
-            \hat G^{-1} = \operatorname{blockdiag}_{128}(G + \delta I)^{-1}
-            \ \text{(Cholesky; kept until the next refresh)} \\
+        & \hat A^{-1} = \operatorname{blockdiag}_{128}(A + \delta I)^{-1} \\
+        & \hat G^{-1} = \operatorname{blockdiag}_{128}(G + \delta I)^{-1} \\
         \text{Dense/Conv2d weight}: & \tilde g = \frac{1}{T}\hat G^{-1}\,\nabla W\,\hat A^{-1} \\
         \text{Embedding}: & \tilde g = \operatorname{diag}(a + \sqrt{\lambda_t})^{-1}\,\nabla E\,
             (G + \sqrt{\lambda_t} I)^{-1},\quad a = \mathrm{counts}/N \\
         \text{LayerNorm } \gamma, \beta: & \tilde g = g \,/\, (g \odot g / N + \sqrt{\lambda_t}) \\
         \text{other}: & \tilde g = g \\
-        \text{then}: & \tilde g \leftarrow \tilde g + wd \cdot w \ \text{if decay\_filter}(w);\quad
-            \tilde g \leftarrow \operatorname{clip}_{\|\cdot\| \le 1}(\tilde g)\ \text{if enable\_clip\_grad} \\
-        & v \leftarrow \mu v + \tilde g,\quad
-            w \leftarrow w - lr_t\, v \quad (\text{Nesterov: } w \leftarrow w - lr_t(\tilde g + \mu v))
+        \text{then}: & \tilde g \leftarrow \tilde g + wd \cdot w \quad \text{if decay_filter}(w) \\
+        & \tilde g \leftarrow \operatorname{clip}_{\|\cdot\| \le 1}(\tilde g)
+            \quad \text{if enable_clip_grad} \\
+        & v \leftarrow \mu v + \tilde g,\quad w \leftarrow w - lr_t\, v \\
+        & \text{Nesterov: } w \leftarrow w - lr_t(\tilde g + \mu v)
         \end{array}
 
+    The block inverses are computed by Cholesky and kept until the next refresh.
     :math:`P`: layer inputs / im2col patches; :math:`D = \frac{1}{s}\partial(sL)/\partial Y`: output
     gradients of the mean loss :math:`L` with the loss scale :math:`s` removed; :math:`N`: samples
     in the step's minibatch (for the LayerNorm rule: the rows seen by the first converted layer,

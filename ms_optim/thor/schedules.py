@@ -58,7 +58,7 @@ def thor_lr_schedule(global_step, lr_init, decay, total_epochs, steps_per_epoch,
         decay_epochs (Union[int, float]): :math:`D \ge 0`. Default: ``100``.
 
     Returns:
-        numpy.ndarray, float32, shape :math:`(\lfloor E S\rfloor - \text{global\_step},)`.
+        numpy.ndarray, float32, shape :math:`(\lfloor E S\rfloor - \text{global_step},)`.
 
     Raises:
         TypeError: If `global_step` or `steps_per_epoch` is not an int.
@@ -106,7 +106,7 @@ def thor_damping_schedule(global_step, damping_init, decay_rate, total_epochs, s
         steps_per_epoch (int): :math:`S > 0`.
 
     Returns:
-        numpy.ndarray, float32, shape :math:`(\lfloor E S\rfloor - \text{global\_step},)`.
+        numpy.ndarray, float32, shape :math:`(\lfloor E S\rfloor - \text{global_step},)`.
 
     Raises:
         TypeError: If `global_step` or `steps_per_epoch` is not an int.
