@@ -181,3 +181,25 @@ def test_factor_decay_validation(bad, err):
     with pytest.raises(err, match="'factor_decay'"):
         thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9, factor_decay=bad)
     assert type(net[0]) is nn.Dense  # untouched
+
+
+def test_thor_recommended_is_read_only_and_usable(mode):
+    """thor(..., **THOR_RECOMMENDED) sets exactly those controls and trains; the mapping is
+    read-only (dict() gives a copy)."""
+    import ms_optim
+    import thor_helpers as H
+    from ms_optim import THOR_RECOMMENDED, ThorTrainOneStepCell, thor
+    with pytest.raises(TypeError):
+        THOR_RECOMMENDED["kl_clip"] = 1.0
+    assert set(THOR_RECOMMENDED) <= {"kl_clip", "factor_decay"}
+    rng = np.random.default_rng(2)
+    spec = H.mlp_spec(rng)
+    data = H.batches(rng, 4, 8, (6,))
+    net = H.build_net(spec)
+    opt = thor(net, Tensor(np.float32(0.1)), Tensor(np.float32(0.03)), 0.9, frequency=2,
+               **ms_optim.THOR_RECOMMENDED)
+    assert opt.kl_clip == THOR_RECOMMENDED.get("kl_clip")
+    assert opt.factor_decay == THOR_RECOMMENDED.get("factor_decay")
+    step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+    losses = [float(step(*H.to_ms(x, y)).asnumpy()) for x, y in data]
+    assert np.all(np.isfinite(losses))
