@@ -352,6 +352,7 @@ def test_thor_controls_data_parallel_equals_full_batch(thor_job):
         assert weights and all(abs(float(w) - (1 - 0.8 ** 3)) < 1e-6 for w in weights)
 
 
+@pytest.mark.slow  # GRAPH + split + distributed inversion also run by thor_ctrl-graph (thor_job)
 def test_thor_distributed_inversion_graph_mode(tmp_path):
     """GRAPH mode, ``split_indices=[0]`` + ``distribute_inversion=True``: same as the full batch."""
     _, results = run_equivalence_job(str(tmp_path), ["thor_dist-graph"])
