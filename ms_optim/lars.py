@@ -248,7 +248,10 @@ class LARS(nn.Optimizer):
           ``beta``; :func:`ms_optim.lars_filter_for` excludes norm layers and biases by role.
         - Backend: on Ascend in GRAPH mode the fused ``SquareSumAll`` + ``LARSUpdate`` kernels are
           used when this MindSpore still has them; everywhere else the portable implementation
-          built from ``mindspore.ops``. Both compute the formula above.
+          built from ``mindspore.ops``. Both compute the formula above. The portable path
+          keeps the last step's :math:`\tau` of the adapted parameters (in their order) in the
+          attribute ``lars_trust`` (a Parameter outside the checkpoint), which
+          :class:`ms_optim.OptimizerMonitor` reports.
         - Non-finite gradients: a step in which any gradient holds a NaN or an Inf does not
           call the wrapped optimizer, so weights, its state (moments, beta powers, ...) and
           ``global_step`` stay bit-identical (the same rule as a loss-scale cell's overflow
@@ -355,6 +358,14 @@ class LARS(nn.Optimizer):
         self.use_clip = use_clip
         self.lars_flag = lars_flags
         add_nonfinite_state(self, len(params))
+        # Telemetry: the last step's trust ratios of the adapted parameters (portable path; the
+        # fused Ascend kernel does not return them), read by ms_optim.OptimizerMonitor. Held
+        # unregistered like THOR's statistics: not a Parameter of the cell, not checkpointed.
+        adapted = [i for i, f in enumerate(lars_flags) if f]
+        self._adapted_idx = Tensor(np.array(adapted, np.int32)) if adapted else None
+        if adapted and self.backend != _backend.ASCEND:
+            object.__setattr__(self, "lars_trust", Parameter(
+                Tensor(np.ones(len(adapted), np.float32)), name="lars_trust", requires_grad=False))
         # One step counter, one learning rate: both are the wrapped optimizer's objects.
         self.global_step = optimizer.global_step
         delattr(self, "learning_rate")  # the base class's placeholder; may become a Cell below
@@ -437,7 +448,12 @@ class LARS(nn.Optimizer):
         sum of squares, which the trust ratios need anyway."""
         g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
         finite = check_gradients(self, gradients, g_sq, self.lars_flag)
-        return finite, self._portable(gradients, g_sq)
+        new_gradients, trust = self._portable(gradients, g_sq)
+        if self._adapted_idx is not None:
+            kept = ops.gather(trust, self._adapted_idx, 0)
+            finite = ops.depend(finite, ops.assign(self.lars_trust,
+                                                   ops.where(finite, kept, self.lars_trust)))
+        return finite, new_gradients
 
     def _portable(self, gradients, g_sq):
         params = self._parameters
@@ -445,8 +461,9 @@ class LARS(nn.Optimizer):
         grad_scale = self.reciprocal_scale if self.need_scale else 1.0
         a, b = lars_scales(w_sq, g_sq, self._weight_decay_vector(), self.coefficient,
                            self.epsilon, self.use_clip, self._clip_lr(), grad_scale)
+        trust = a / grad_scale if self.need_scale else a  # a = tau * s (lars_scales)
         return self.hyper_map(_apply, self._scales_grad, ops.unstack(a), ops.unstack(b),
-                              self._decays, params, gradients)
+                              self._decays, params, gradients), trust
 
     def _ascend(self, gradients):
         if self.need_scale:

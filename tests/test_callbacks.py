@@ -63,3 +63,30 @@ def test_bad_arguments(kwargs, err):
     args.update(kwargs)
     with pytest.raises(err):
         ms_optim.OptimizerMonitor(**args)
+
+
+@pytest.mark.parametrize("use_clip", [False, True])
+def test_lars_trust_ratios_recorded_and_match_float64(mode, use_clip):
+    """LARS keeps the last step's trust ratios of the adapted parameters (portable path); they
+    equal the float64 formula, the monitor reports them; a non-adapted bias is not listed."""
+    import ms_optim
+    ms.set_seed(3)
+    net = nn.SequentialCell([nn.Dense(4, 5), nn.ReLU(), nn.Dense(5, 3)])
+    lr, wd, eta, eps = 0.5, 1e-2, 0.02, 1e-6
+    inner = nn.Momentum(net.trainable_params(), lr, 0.9, weight_decay=wd, loss_scale=8.0)
+    opt = ms_optim.LARS(inner, epsilon=eps, coefficient=eta, use_clip=use_clip,
+                        lars_filter=ms_optim.lars_filter_for(net))
+    rng = np.random.default_rng(0)
+    params = net.trainable_params()
+    w = [p.asnumpy().astype(np.float64) for p in params]
+    grads = [rng.standard_normal(p.shape).astype(np.float32) * 8.0 for p in params]  # loss-scaled
+    opt(tuple(ms.Tensor(g) for g in grads))
+    want = []
+    for p, wi, gi in zip(params, w, grads):
+        if "bias" in p.name:
+            continue
+        wn, gn = np.linalg.norm(wi), np.linalg.norm(gi.astype(np.float64) / 8.0)
+        tau = eta * wn / (gn + wd * wn + eps)
+        want.append(min(max(tau / lr, 0.0), 1.0) if use_clip else tau)
+    np.testing.assert_allclose(opt.lars_trust.asnumpy(), want, rtol=1e-5)
+    assert "lars_trust" not in {p.name for p in opt.get_parameters()}  # not checkpointed
