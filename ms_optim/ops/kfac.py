@@ -247,7 +247,8 @@ def damped_inverse_of_blocks(blocks, d, delta, spd_block_inverse=spd_block_inver
     .. math::
 
         \hat B_b = B_b + \operatorname{diag}(e_b),\qquad
-        e = (\underbrace{\delta,\dots,\delta}_{d},\underbrace{1,\dots,1}_{p}),\qquad
+        e = (\underbrace{\delta,\dots,\delta}_{d},\underbrace{1,\dots,1}_{p}),
+
         \hat M^{-1}_{bd} = \operatorname{blockdiag}\big(\hat B_0^{-1},\dots,\hat B_{n_b-1}^{-1}\big)
 
     where :math:`B_b` are the diagonal blocks of :math:`M` (zero padding, as returned by
@@ -473,7 +474,8 @@ def factor_moving_average(raw, weight, new, decay):
     .. math::
 
         R_k = \beta R_{k-1} + (1 - \beta) F_k,\qquad
-        w_k = \beta w_{k-1} + (1 - \beta),\qquad
+        w_k = \beta w_{k-1} + (1 - \beta),
+
         \bar F_k = R_k / w_k,\qquad R_0 = 0,\ w_0 = 0
 
     so :math:`\bar F_1 = F_1` and :math:`\bar F_k = \sum_{j \le k} \beta^{k-j} F_j / \sum_{j \le k}
