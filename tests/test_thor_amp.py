@@ -29,6 +29,7 @@ from mindspore.amp import FixedLossScaleManager
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ms_optim  # noqa: E402
 from ms_optim import ConvertModelUtils, ThorTrainOneStepCell, thor  # noqa: E402
+import thor_helpers as H
 
 UPDATE_RTOL = 1e-2
 STEPS, BATCH, FREQ = 4, 8, 2
@@ -74,16 +75,6 @@ def _weights(net):
     return {p.name: p.asnumpy().astype(np.float64) for p in net.trainable_params()}
 
 
-class _Losses(ms.train.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_step_end(self, run_context):
-        out = run_context.original_args().net_outputs
-        self.losses.append(float((out[0] if isinstance(out, tuple) else out).asnumpy()))
-
-
 def _thor(net, loss_scale):
     return thor(net, Tensor(LR, ms.float32), Tensor(DAMP, ms.float32), 0.9, weight_decay=1e-4,
                 loss_scale=float(loss_scale), frequency=FREQ)
@@ -111,7 +102,7 @@ def run_model(level, keep_bn=False, loss_scale=1.0, zoo_order=False):
                                keep_batchnorm_fp32=keep_bn, **kw)
     model = ConvertModelUtils.convert_to_thor_model(model, net, loss, opt, amp_level=level,
                                                     keep_batchnorm_fp32=keep_bn, **kw)
-    cb = _Losses()
+    cb = H.LossRecorder()
     model.train(1, _dataset(x, y), callbacks=[cb], dataset_sink_mode=False)
     return net, opt, init, cb.losses
 
@@ -309,7 +300,7 @@ def run_lars(level, loss_scale=1.0):
     if level != "O0":
         kw["loss_scale_manager"] = FixedLossScaleManager(loss_scale, drop_overflow_update=False)
     model = ms.train.Model(net, _loss(), optimizer=lars, amp_level=level, **kw)
-    cb = _Losses()
+    cb = H.LossRecorder()
     model.train(1, _dataset(x, y), callbacks=[cb], dataset_sink_mode=False)
     return net, init, cb.losses
 

@@ -18,6 +18,7 @@ from mindspore import Parameter, Tensor, nn, ops
 from ms_optim import ConvertModelUtils, thor
 from ms_optim.thor.model import ThorWrapTrainCell
 from reference import thor_ref
+from thor_helpers import LossRecorder
 
 V, S, H, F, P, B = 13, 5, 8, 12, 2, 4
 FREQ = 2
@@ -259,16 +260,6 @@ def _dataset(data, repeat=1):
     return ds.NumpySlicesDataset(arrays, shuffle=False).batch(B, drop_remainder=True)
 
 
-class _Losses(ms.train.Callback):
-    def __init__(self):
-        super().__init__()
-        self.losses = []
-
-    def on_train_step_end(self, run_context):
-        out = run_context.original_args().net_outputs
-        self.losses.append(float((out[0] if isinstance(out, tuple) else out).asnumpy()))
-
-
 class _EvalNet(nn.Cell):
     def __init__(self, net_with_loss):
         super().__init__()
@@ -297,7 +288,7 @@ def test_model_train_with_zoo_pattern_and_eval(mode):
     assert type(model).__name__ == "ThorModel"
     assert model._eval_network is eval_net and model._eval_indexes == [0, 1, 2]
     before = model.eval(_dataset(data), dataset_sink_mode=False)["loss"]
-    cb = _Losses()
+    cb = LossRecorder()
     model.train(4, _dataset(data), callbacks=[cb], dataset_sink_mode=True, sink_size=3)
     assert len(cb.losses) == 12 and np.all(np.isfinite(cb.losses))
     assert int(opt.global_step.asnumpy()[0]) == 12

@@ -92,3 +92,15 @@ def snapshot(net):
 
 def structure(net):
     return [(name, type(cell).__name__) for name, cell in net.cells_and_names()]
+
+
+class LossRecorder(ms.train.Callback):
+    """Records the loss of every training step (the first output when the cell returns a tuple)."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_train_step_end(self, run_context):
+        out = run_context.original_args().net_outputs
+        self.losses.append(float((out[0] if isinstance(out, tuple) else out).asnumpy()))
