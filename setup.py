@@ -23,6 +23,8 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["ms_optim", "ms_optim.*"]),
+    # The C++ source of the CPU kernels, compiled on first use (ms_optim/_cpu_kernels.py).
+    package_data={"ms_optim": ["_csrc/*.cc"]},
     python_requires=">=3.9,<3.12",
     install_requires=[
         # Tested with 2.10.0; the 2.x Optimizer internals we rely on are stable since 2.2.

@@ -1,16 +1,20 @@
 """The one place that decides which backend an optimizer uses.
 
-``resolve_backend`` turns the user's ``backend=`` choice (``"auto"``, ``"ascend"`` or
-``"portable"``) into a concrete backend once, at construction, and the optimizer stores it.
+``resolve_backend`` turns the user's ``backend=`` choice (``"auto"``, ``"ascend"``, ``"cpu"``
+or ``"portable"``) into a concrete backend once, at construction, and the optimizer stores it.
 Nothing else in the package reads ``device_target`` or probes for primitives.
 
 * ``"ascend"``: Ascend device in GRAPH mode, and the fused primitives exist in the installed
   MindSpore. The fused kernels (``LARSUpdate``, THOR's ``Cus*`` ops) are used where they
   exist; the mathematics is still the one of :mod:`ms_optim.ops`.
+* ``"cpu"``: CPU device, and the package's compiled CPU kernels (``ms_optim/_csrc``, built on
+  first use, see ``ms_optim._cpu_kernels``) are available; only optimizers that have such
+  kernels offer it (LARS). GRAPH and PYNATIVE mode.
 * ``"portable"``: built from public ``mindspore.ops`` only; runs on CPU, GPU and Ascend, in GRAPH
   and PYNATIVE mode.
 
-``"auto"`` picks ``"ascend"`` when every condition holds and ``"portable"`` otherwise.
+``"auto"`` picks ``"ascend"`` when every condition of it holds, else ``"cpu"`` when that is
+offered and usable, and ``"portable"`` otherwise.
 """
 import functools
 import importlib
@@ -18,13 +22,14 @@ import logging
 
 import mindspore as ms
 
-__all__ = ["AUTO", "ASCEND", "PORTABLE", "BACKENDS", "resolve_backend", "has_primitive",
+__all__ = ["AUTO", "ASCEND", "CPU", "PORTABLE", "BACKENDS", "resolve_backend", "has_primitive",
            "get_primitive"]
 
 AUTO = "auto"
 ASCEND = "ascend"
+CPU = "cpu"
 PORTABLE = "portable"
-BACKENDS = (AUTO, ASCEND, PORTABLE)
+BACKENDS = (AUTO, ASCEND, CPU, PORTABLE)
 
 _LOG = logging.getLogger("ms_optim")
 
@@ -64,8 +69,9 @@ def get_primitive(name):
     return prim
 
 
-def resolve_backend(backend, required_primitives, cls_name, device_target=None, mode=None):
-    """Resolve ``backend`` to ``"ascend"`` or ``"portable"``.
+def resolve_backend(backend, required_primitives, cls_name, device_target=None, mode=None,
+                    cpu_kernels=None):
+    """Resolve ``backend`` to ``"ascend"``, ``"cpu"`` or ``"portable"``.
 
     Args:
         backend (str): ``"auto"``, ``"ascend"`` or ``"portable"``.
@@ -73,15 +79,18 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         cls_name (str): name used in error messages.
         device_target (str): defaults to ``mindspore.get_context("device_target")``.
         mode (int): defaults to ``mindspore.get_context("mode")``.
+        cpu_kernels (Callable[[], Optional[str]]): offered by optimizers with compiled CPU
+            kernels: returns ``None`` when they can be used, else the reason. ``None`` (the
+            default): the ``"cpu"`` backend is not offered.
 
     Returns:
-        str, ``"ascend"`` or ``"portable"``.
+        str, ``"ascend"``, ``"cpu"`` or ``"portable"``.
 
     Raises:
         TypeError: If `backend` is not a str.
         ValueError: If `backend` is not one of the three names, or ``"ascend"`` is requested
             where the fused path cannot run (not an Ascend device, not GRAPH mode, or a
-            primitive missing).
+            primitive missing), or ``"cpu"`` where it is not offered or cannot run.
     """
     if not isinstance(backend, str):
         raise TypeError(f"For '{cls_name}', the argument 'backend' must be str, "
@@ -95,6 +104,8 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         device_target = ms.get_context("device_target")
     if mode is None:
         mode = ms.get_context("mode")
+    if backend == CPU:
+        return _resolve_cpu(cls_name, device_target, cpu_kernels)
     missing = [p for p in required_primitives if not has_primitive(p)]
     reasons = []
     if device_target != "Ascend":
@@ -105,6 +116,14 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         reasons.append(f"MindSpore {ms.__version__} lacks {', '.join(missing)}")
     if not reasons:
         return ASCEND
+    if backend == AUTO and cpu_kernels is not None and device_target == "CPU":
+        why = cpu_kernels()
+        if why is None:
+            return CPU
+        if "MS_OPTIM_CPU_KERNELS=0" not in why:
+            _LOG.warning("%s: compiled CPU kernels unavailable (%s); using the portable ops.",
+                         cls_name, why)
+        return PORTABLE
     if backend == ASCEND:
         raise ValueError(f"For '{cls_name}', backend='ascend' cannot be used: "
                          + "; ".join(reasons) + ". Use backend='auto' or 'portable'.")
@@ -113,3 +132,17 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         _LOG.warning("%s: fused Ascend kernels unavailable (%s); using the portable ops.",
                      cls_name, "; ".join(reasons))
     return PORTABLE
+
+
+def _resolve_cpu(cls_name, device_target, cpu_kernels):
+    if cpu_kernels is None:
+        raise ValueError(f"For '{cls_name}', backend='cpu' is not offered: {cls_name} has no "
+                         "compiled CPU kernels. Use backend='auto' or 'portable'.")
+    if device_target != "CPU":
+        raise ValueError(f"For '{cls_name}', backend='cpu' cannot be used: device_target is "
+                         f"'{device_target}', not 'CPU'. Use backend='auto' or 'portable'.")
+    why = cpu_kernels()
+    if why is not None:
+        raise ValueError(f"For '{cls_name}', backend='cpu' cannot be used: {why}. "
+                         "Use backend='auto' or 'portable'.")
+    return CPU

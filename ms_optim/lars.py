@@ -10,7 +10,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
-from . import _backend
+from . import _backend, _cpu_kernels
 from ._nonfinite import add_nonfinite_state, check_gradients
 from ._validation import (check_bool, check_callable, check_float, check_non_negative)
 from .ops.trust_ratio import apply_scales, lars_scales, square_sum
@@ -99,6 +99,14 @@ _scale_grad = C.MultitypeFuncGraph("ms_optim_scale_grad")
 @_scale_grad.register("Tensor", "Tensor")
 def _scale_grad_tensor(scale, grad):
     return grad * ops.cast(scale, ops.dtype(grad))
+
+
+def _cpu_unusable(params):
+    """Why the "cpu" backend cannot run LARS over `params` (``None`` if it can)."""
+    odd = [p.name for p in params if p.dtype != ms.float32]
+    if odd:
+        return f"the kernels take float32 parameters, not {odd[0]!r}"
+    return _cpu_kernels.unavailable_reason()
 
 
 # --------------------------------------------------------------------------------------------
@@ -348,7 +356,8 @@ class LARS(nn.Optimizer):
         except TypeError as err:
             raise TypeError("For 'LARS', the argument 'lars_filter' must be callable as "
                             f"lars_filter(param) -> bool, but calling it failed: {err}") from err
-        self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS")
+        self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS",
+                                                cpu_kernels=lambda: _cpu_unusable(params))
 
         # ---- build ----
         super().__init__(0.0, list(params))
@@ -363,7 +372,7 @@ class LARS(nn.Optimizer):
         # unregistered like THOR's statistics: not a Parameter of the cell, not checkpointed.
         adapted = [i for i, f in enumerate(lars_flags) if f]
         self._adapted_idx = Tensor(np.array(adapted, np.int32)) if adapted else None
-        if adapted and self.backend != _backend.ASCEND:
+        if adapted and self.backend != _backend.ASCEND:  # portable and cpu
             object.__setattr__(self, "lars_trust", Parameter(
                 Tensor(np.ones(len(adapted), np.float32)), name="lars_trust", requires_grad=False))
         # One step counter, one learning rate: both are the wrapped optimizer's objects.
@@ -385,6 +394,18 @@ class LARS(nn.Optimizer):
         if self.backend == _backend.ASCEND:
             self._lars_update = _backend.get_primitive("LARSUpdate")(epsilon, coefficient, use_clip)
             self._square_sum_all = _backend.get_primitive("SquareSumAll")()
+        if self.backend == _backend.CPU:
+            self._square_sums = _cpu_kernels.square_sums_op(2 * len(params))
+            self._adapt_mask = Tensor(np.array(lars_flags, np.bool_))
+            self._all_known = tuple(True for _ in params)
+            # nn.Momentum itself (a subclass may change construct), as its CPU kernel runs it:
+            # no Nesterov (CPU ApplyMomentum ignores it; the kernel does not guess), no gradient
+            # centralization (it would act on g' between LARS and the update).
+            self._fused_momentum = (type(optimizer) is nn.Momentum  # pylint: disable=unidiomatic-typecheck
+                                    and not optimizer.use_nesterov
+                                    and not any(getattr(optimizer, "grad_centralization_flags", ())))
+            if self._fused_momentum:
+                self._lars_momentum = _cpu_kernels.lars_momentum_op()
         # What the portable graph is specialised on, known when it is built: which parameters
         # are decayed (b*w is left out elsewhere) and which need a*g (adapted or loss-scaled).
         self._decays = tuple(bool(self.exec_weight_decay and f) for f in self.decay_flags)
@@ -448,22 +469,69 @@ class LARS(nn.Optimizer):
         sum of squares, which the trust ratios need anyway."""
         g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
         finite = check_gradients(self, gradients, g_sq, self.lars_flag)
-        new_gradients, trust = self._portable(gradients, g_sq)
-        if self._adapted_idx is not None:
-            kept = ops.gather(trust, self._adapted_idx, 0)
-            finite = ops.depend(finite, ops.assign(self.lars_trust,
-                                                   ops.where(finite, kept, self.lars_trust)))
-        return finite, new_gradients
+        w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, self._parameters))
+        a, b, trust = self._trust_scales(w_sq, g_sq)
+        finite = self._record_trust(finite, trust)
+        return finite, self._apply_scales(a, b, gradients)
 
-    def _portable(self, gradients, g_sq):
-        params = self._parameters
-        w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, params))
+    @ms.jit
+    def _cpu_step(self, gradients):
+        """The "cpu" backend: every sum of squares in one compiled kernel call; then, for a
+        wrapped ``nn.Momentum``, the LARS rescale and the momentum update of every parameter in
+        one in-place kernel pass (else the portable rescale and the wrapped optimizer).
+        Returns whether the step was applied."""
+        squares = self._square_sums(*self._parameters, *gradients)
+        n = len(self._parameters)
+        g_all = squares[n:]
+        finite = check_gradients(self, gradients, g_all, self._all_known)
+        zero = ops.zeros_like(g_all)
+        w_sq = ops.select(self._adapt_mask, squares[:n], zero)
+        g_sq = ops.select(self._adapt_mask, g_all, zero)
+        a, b, trust = self._trust_scales(w_sq, g_sq)
+        finite = self._record_trust(finite, trust)
+        applied = finite
+        if finite:
+            if self._fused_momentum:
+                applied = ops.depend(applied, self._momentum_step(a, b, gradients))
+            else:
+                applied = ops.depend(applied, self.opt(self._apply_scales(a, b, gradients)))
+        return applied
+
+    def _momentum_step(self, a, b, gradients):
+        """What ``nn.Momentum.construct`` does (learning rate, step counter), with the LARS
+        gradient :math:`a_i g_i + b_i w_i` formed inside the kernel's pass."""
+        lr = self.opt.get_lr()
+        step = ops.assign_add(self.global_step, self.opt.global_step_increase_tensor)
+        if self.is_group_lr:
+            lr = ops.stack(self.hyper_map(_to_f32_scalar, lr))
+        else:
+            lr = ops.broadcast_to(ops.reshape(ops.cast(lr, ms.float32), (1,)), ops.shape(a))
+        triples = ()
+        for weight, moment, gradient in zip(self._parameters, self.opt.moments, gradients):
+            triples = triples + (weight, moment, gradient)
+        mu = ops.reshape(self.opt.momentum, (1,))
+        return ops.depend(self._lars_momentum(a, b, lr, mu, *triples), step)
+
+    def _trust_scales(self, w_sq, g_sq):
+        """(a, b, tau) of ops.trust_ratio.lars_scales for every parameter at once."""
         grad_scale = self.reciprocal_scale if self.need_scale else 1.0
         a, b = lars_scales(w_sq, g_sq, self._weight_decay_vector(), self.coefficient,
                            self.epsilon, self.use_clip, self._clip_lr(), grad_scale)
         trust = a / grad_scale if self.need_scale else a  # a = tau * s (lars_scales)
+        return a, b, trust
+
+    def _record_trust(self, finite, trust):
+        """Keep the adapted parameters' trust ratios of a finite step in ``lars_trust``."""
+        if self._adapted_idx is None:
+            return finite
+        kept = ops.gather(trust, self._adapted_idx, 0)
+        return ops.depend(finite, ops.assign(self.lars_trust,
+                                             ops.where(finite, kept, self.lars_trust)))
+
+    def _apply_scales(self, a, b, gradients):
+        """g'_i = a_i g_i + b_i w_i, per parameter (graph specialised on which terms exist)."""
         return self.hyper_map(_apply, self._scales_grad, ops.unstack(a), ops.unstack(b),
-                              self._decays, params, gradients), trust
+                              self._decays, self._parameters, gradients)
 
     def _ascend(self, gradients):
         if self.need_scale:
@@ -489,6 +557,8 @@ class LARS(nn.Optimizer):
             if finite:
                 applied = ops.depend(applied, self.opt(self._ascend(gradients)))
             return applied
+        if self.backend == _backend.CPU:
+            return self._cpu_step(gradients)
         finite, lars_gradients = self._portable_checked(gradients)
         applied = finite
         if finite:
