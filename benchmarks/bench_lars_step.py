@@ -8,7 +8,9 @@ trainable tensors (25.56M parameters) of ``benchmarks/resnet50.py`` at 1000 clas
 optimizers, each with weight decay 1e-4: ``nn.Momentum`` (lr 0.1, momentum 0.9), ``nn.SGD``
 (lr 0.1), ``nn.Adam`` (lr 1e-3), ``nn.AdamWeightDecay`` (lr 1e-3), each against
 ``ms_optim.LARS`` around its own instance (default arguments, so the upstream default
-``lars_filter``: 160 of 161 tensors adapted). Every candidate has its own copy of the weights
+``lars_filter``: 160 of 161 tensors adapted), twice: with the backend ``"auto"`` picks (on the CPU
+device the compiled kernels, ``"cpu"``; LARS(Momentum) then runs one fused in-place pass) and with
+``backend="portable"`` (the ``mindspore.ops`` path that GPU runs). Every candidate has its own copy of the weights
 and state; all eight are called round-robin in one process (load hits them alike), the median
 of ``--steps`` timed steps after two warm-up steps (compilation) is reported, per execution
 mode, with the ratio LARS(X)/X. Each timed call ends by reading the smallest parameter back
@@ -47,24 +49,27 @@ def _copy_params(params):
 
 def _candidates(params, grads, names):
     out = []
+    backends = {}
     for name in names:
-        for lars in (False, True):
+        for lars in (None, "auto", "portable"):
             ps = _copy_params(params)
             opt = BASES[name](ps)
             if lars:
-                opt = ms_optim.LARS(opt)
+                opt = ms_optim.LARS(opt, backend=lars)
+                backends[lars] = opt.backend
             probe = min(ps, key=lambda p: int(np.prod(p.shape)))
 
             def step(opt=opt, probe=probe):
                 opt(grads)
                 probe.asnumpy()  # wait for the step
-            out.append((f"LARS({name})" if lars else name, name, lars, step))
-    return out
+            label = name if lars is None else f"LARS({name})" + ("/portable" if lars == "portable" else "")
+            out.append((label, name, lars, step))
+    return out, backends
 
 
 def run_mode(mode, params, grads, names, steps):
     ms.set_context(mode=ms.GRAPH_MODE if mode == "GRAPH" else ms.PYNATIVE_MODE)
-    cands = _candidates(params, grads, names)
+    cands, backends = _candidates(params, grads, names)
     for _, _, _, fn in cands:
         for _ in range(2):
             fn()  # compile + warm-up
@@ -73,8 +78,11 @@ def run_mode(mode, params, grads, names, steps):
     rows = {}
     for name in names:
         base, lars = med[name], med[f"LARS({name})"]
+        portable = med[f"LARS({name})/portable"]
         rows[name] = {"base_ms": round(base * 1e3, 2), "lars_ms": round(lars * 1e3, 2),
-                      "ratio": round(lars / base, 3), "target": TARGETS[name],
+                      "ratio": round(lars / base, 3), "backend": backends["auto"],
+                      "portable_ms": round(portable * 1e3, 2),
+                      "portable_ratio": round(portable / base, 3), "target": TARGETS[name],
                       "met": bool(lars / base <= TARGETS[name])}
     return rows
 
@@ -101,12 +109,13 @@ def main():
         results[mode] = run_mode(mode, params, grads, names, steps)
     print(f"ResNet-50 parameter set: {n_tensors} tensors, {n_params} parameters; device "
           f"{args.device}; median of {steps} interleaved steps; peak RSS {peak_rss_mb():.0f} MiB")
-    print(f"{'mode':<9}{'optimizer':<17}{'X (ms)':>10}{'LARS(X) (ms)':>14}{'ratio':>8}"
-          f"{'target':>8}  met")
+    print(f"{'mode':<9}{'optimizer':<17}{'X (ms)':>8}{'LARS(X) (ms)':>14}{'backend':>9}{'ratio':>7}"
+          f"{'portable (ms)':>15}{'ratio':>7}{'target':>8}  met")
     for mode, rows in results.items():
         for name, r in rows.items():
-            print(f"{mode:<9}{name:<17}{r['base_ms']:>10.1f}{r['lars_ms']:>14.1f}"
-                  f"{r['ratio']:>8.2f}{r['target']:>8.1f}  {'yes' if r['met'] else 'NO'}")
+            print(f"{mode:<9}{name:<17}{r['base_ms']:>8.1f}{r['lars_ms']:>14.1f}{r['backend']:>9}"
+                  f"{r['ratio']:>7.2f}{r['portable_ms']:>15.1f}{r['portable_ratio']:>7.2f}"
+                  f"{r['target']:>8.1f}  {'yes' if r['met'] else 'NO'}")
     write_json("lars_step", {"benchmark": "lars_step", "tensors": n_tensors, "parameters": n_params,
                              "steps": steps, "results": results})
 

@@ -255,11 +255,17 @@ class LARS(nn.Optimizer):
         - The default `lars_filter` is the upstream one, which adapts BatchNorm ``gamma`` and
           ``beta``; :func:`ms_optim.lars_filter_for` excludes norm layers and biases by role.
         - Backend: on Ascend in GRAPH mode the fused ``SquareSumAll`` + ``LARSUpdate`` kernels are
-          used when this MindSpore still has them; everywhere else the portable implementation
-          built from ``mindspore.ops``. Both compute the formula above. The portable path
-          keeps the last step's :math:`\tau` of the adapted parameters (in their order) in the
-          attribute ``lars_trust`` (a Parameter outside the checkpoint), which
-          :class:`ms_optim.OptimizerMonitor` reports.
+          used when this MindSpore still has them. On the CPU device (``"cpu"``, GRAPH and
+          PYNATIVE) the package's C++ kernels, compiled with ``g++`` on first use (see
+          :ref:`cpu-kernels`), compute every :math:`\sum w^2`, :math:`\sum g^2` in one call
+          (float64 accumulation) and, when `optimizer` is a plain ``nn.Momentum`` without
+          Nesterov or gradient centralization, form :math:`g'` and the momentum update
+          :math:`v \leftarrow \mu v + g'`, :math:`w \leftarrow w - \gamma_t v` in one
+          in-place pass instead of calling it. Everywhere else, and where no compiler is
+          found, the portable implementation built from ``mindspore.ops``. All compute the
+          formula above. The portable and CPU paths keep the last step's :math:`\tau` of the
+          adapted parameters (in their order) in the attribute ``lars_trust`` (a Parameter
+          outside the checkpoint), which :class:`ms_optim.OptimizerMonitor` reports.
         - Non-finite gradients: a step in which any gradient holds a NaN or an Inf does not
           call the wrapped optimizer, so weights, its state (moments, beta powers, ...) and
           ``global_step`` stay bit-identical (the same rule as a loss-scale cell's overflow
@@ -286,7 +292,7 @@ class LARS(nn.Optimizer):
             Default: ``False`` .
         lars_filter (Callable[[Parameter], bool]): which parameters are LARS-adapted.
             Default: ``lambda x: 'LayerNorm' not in x.name and 'bias' not in x.name`` .
-        backend (str): keyword-only; ``"auto"``, ``"ascend"`` or ``"portable"``.
+        backend (str): keyword-only; ``"auto"``, ``"ascend"``, ``"cpu"`` or ``"portable"``.
             Default: ``"auto"`` .
 
     Inputs:
@@ -305,7 +311,8 @@ class LARS(nn.Optimizer):
         ValueError: If `lars_filter` comes from :func:`lars_filter_for` of another network.
         ValueError: If `use_clip` is True and the wrapped optimizer has both group learning
             rates and a dynamic learning rate.
-        ValueError: If `backend` is not one of the three names, or ``"ascend"`` cannot be used.
+        ValueError: If `backend` is not one of the four names, or ``"ascend"`` or ``"cpu"``
+            cannot be used.
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``

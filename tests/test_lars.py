@@ -83,7 +83,7 @@ def _lr_schedule(cfg, group):
     return [base] * (N_STEPS + 1)
 
 
-def _build(cfg):
+def _build(cfg, backend="auto"):
     net = ParamNet(cfg["arrays"])
     params = net.trainable_params()
     lr0 = _lr_schedule(cfg, 0)
@@ -111,7 +111,7 @@ def _build(cfg):
     elif filters[cfg["filter"]] is not None:
         extra["lars_filter"] = filters[cfg["filter"]]
     lars = ms_optim.LARS(inner, epsilon=cfg["epsilon"], coefficient=cfg["coefficient"],
-                         use_clip=cfg["use_clip"], **extra)
+                         use_clip=cfg["use_clip"], backend=backend, **extra)
     return net, inner, lars
 
 
@@ -143,9 +143,9 @@ def _reference_hparams(cfg, names):
     return out
 
 
-def _run_and_compare(cfg, seed):
+def _run_and_compare(cfg, seed, backend="auto"):
     rng = np.random.default_rng(seed)
-    net, inner, lars = _build(cfg)
+    net, inner, lars = _build(cfg, backend)
     names = net.names
     hp = _reference_hparams(cfg, names)
     ws = [cfg["arrays"][n].astype(np.float32).astype(np.float64) for n in names]
@@ -181,10 +181,13 @@ def _run_and_compare(cfg, seed):
 CONFIGS = list(range(12))
 
 
+@pytest.mark.parametrize("backend", ["cpu", "portable"])
 @pytest.mark.parametrize("k", CONFIGS)
-def test_matches_float64_reference(mode, k):
+def test_matches_float64_reference(mode, k, backend):
+    """Both CPU realisations: the compiled kernels ("cpu", fused with Momentum) and the
+    portable ops."""
     cfg = _make_config(np.random.default_rng(1000 + k), k)
-    _run_and_compare(cfg, seed=k)
+    _run_and_compare(cfg, seed=k, backend=backend)
 
 
 def test_documented_kernel_example():

@@ -3,9 +3,9 @@
 // Compiled on first use by ms_optim/_cpu_kernels.py (g++ -O3 -ffp-contract=off); the portable
 // path built from mindspore.ops is the fallback wherever that fails. The arithmetic is the one
 // of ms_optim.ops.trust_ratio and of MindSpore's CPU ApplyMomentum, operation for operation in
-// float32 (no fused multiply-add), so the momentum step is bit-identical to
-// LARS(nn.Momentum) on the portable path; the sums of squares are accumulated in float64
-// (the portable float32 reduction differs from them by rounding only).
+// float32 (no fused multiply-add), so given the same trust ratios the momentum step is
+// bit-identical to LARS(nn.Momentum) on the portable path; the sums of squares are accumulated
+// in float64 (the portable float32 reduction differs from them by rounding only).
 //
 // Work is cut into chunks of CHUNK elements across all tensors; thread t of T takes a fixed,
 // contiguous range of chunks and partial sums are combined in chunk order, so results do not
