@@ -7,7 +7,7 @@ exceptions of the deprecated ``mindspore.nn.LARS``.
 import numpy as np
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import composite as C
 
 from . import _backend, _cpu_kernels
@@ -419,6 +419,14 @@ class LARS(nn.Optimizer):
         self._decay_mask = Tensor(np.array(self._decays, np.float32))
         self._scales_grad = tuple(self.need_scale or f for f in lars_flags)
 
+        # Every Parameter of the wrapped optimizer besides the weights (moments, step counter,
+        # learning rate, beta powers, ...). The portable and Ascend paths call the optimizer in a
+        # graph branch (the non-finite skip); MindSpore rebinds a Parameter replaced by set_data
+        # (load_param_into_net) after compilation only where the top graph reads it, so the
+        # construct reads them there (no copy; tests/test_lars_cpu_kernels.py, resume tests).
+        weight_ids = {id(p) for p in params}
+        self._branch_state = ParameterTuple(
+            [p for p in optimizer.get_parameters() if id(p) not in weight_ids])
         # The wrapped optimizer keeps only its update rule.
         optimizer.exec_weight_decay = False
         optimizer.decay_flags = tuple(False for _ in optimizer.decay_flags)
@@ -496,19 +504,21 @@ class LARS(nn.Optimizer):
         g_sq = ops.select(self._adapt_mask, g_all, zero)
         a, b, trust = self._trust_scales(w_sq, g_sq)
         finite = self._record_trust(finite, trust)
-        applied = finite
+        if self._fused_momentum:
+            # No graph branch: the kernel skips a non-finite step itself (see the kernel source).
+            return ops.depend(finite, self._momentum_step(finite, a, b, gradients))
+        applied = ops.depend(finite, self._branch_state)
         if finite:
-            if self._fused_momentum:
-                applied = ops.depend(applied, self._momentum_step(a, b, gradients))
-            else:
-                applied = ops.depend(applied, self.opt(self._apply_scales(a, b, gradients)))
+            applied = ops.depend(applied, self.opt(self._apply_scales(a, b, gradients)))
         return applied
 
-    def _momentum_step(self, a, b, gradients):
+    def _momentum_step(self, finite, a, b, gradients):
         """What ``nn.Momentum.construct`` does (learning rate, step counter), with the LARS
-        gradient :math:`a_i g_i + b_i w_i` formed inside the kernel's pass."""
+        gradient :math:`a_i g_i + b_i w_i` formed inside the kernel's pass; a step that is not
+        `finite` changes nothing (the counter included)."""
         lr = self.opt.get_lr()
-        step = ops.assign_add(self.global_step, self.opt.global_step_increase_tensor)
+        step = ops.assign_add(self.opt.global_step,
+                              self.opt.global_step_increase_tensor * ops.cast(finite, ms.int32))
         if self.is_group_lr:
             lr = ops.stack(self.hyper_map(_to_f32_scalar, lr))
         else:
@@ -517,7 +527,8 @@ class LARS(nn.Optimizer):
         for weight, moment, gradient in zip(self._parameters, self.opt.moments, gradients):
             triples = triples + (weight, moment, gradient)
         mu = ops.reshape(self.opt.momentum, (1,))
-        return ops.depend(self._lars_momentum(a, b, lr, mu, *triples), step)
+        run = ops.reshape(ops.cast(finite, ms.float32), (1,))
+        return ops.depend(self._lars_momentum(run, a, b, lr, mu, *triples), step)
 
     def _trust_scales(self, w_sq, g_sq):
         """(a, b, tau) of ops.trust_ratio.lars_scales for every parameter at once."""
@@ -560,14 +571,14 @@ class LARS(nn.Optimizer):
         # state (moments, beta powers, ...) and global_step stay as they were.
         if self.backend == _backend.ASCEND:
             finite = check_gradients(self, gradients)
-            applied = finite
+            applied = ops.depend(finite, self._branch_state)
             if finite:
                 applied = ops.depend(applied, self.opt(self._ascend(gradients)))
             return applied
         if self.backend == _backend.CPU:
             return self._cpu_step(gradients)
         finite, lars_gradients = self._portable_checked(gradients)
-        applied = finite
+        applied = ops.depend(finite, self._branch_state)
         if finite:
             applied = ops.depend(applied, self.opt(lars_gradients))
         return applied

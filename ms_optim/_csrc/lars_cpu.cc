@@ -104,33 +104,40 @@ extern "C" int MsOptimSquareSums(int nparam, void **params, int *ndims, int64_t 
   return 0;
 }
 
-// LARS + momentum in one pass, in place. Inputs: a[n], b[n], lr[n], mu[1] (float32), then per
-// parameter i: weight w_i, accumulation v_i, gradient g_i (float32, one shape). Output: float32[1]
-// (1.0; the weights and accumulations are updated in place):
-//   g' = a_i * g + b_i * w;  v = v * mu + g';  w = w - lr_i * v.
+// LARS + momentum in one pass, in place. Inputs: run[1], a[n], b[n], lr[n], mu[1] (float32),
+// then per parameter i: weight w_i, accumulation v_i, gradient g_i (float32, one shape).
+// Output: float32[1] = run; where run != 0 the weights and accumulations are updated in place:
+//   g' = a_i * g + b_i * w;  v = v * mu + g';  w = w - lr_i * v
+// and where run == 0 (a step with a non-finite gradient) nothing is touched. The flag replaces
+// a graph branch: MindSpore's control-flow graphs do not see Parameter.set_data made after
+// compilation (load_param_into_net), a branch-free graph does.
 extern "C" int MsOptimLarsMomentum(int nparam, void **params, int *ndims, int64_t **shapes,
                                    const char **dtypes, void *stream, void *extra) {
   (void)stream;
   (void)extra;
-  const int n = (nparam - 5) / 3;
-  if (n < 1 || nparam != 3 * n + 5 || !AllFloat32(0, nparam, dtypes)) return 1;
-  const float *a = static_cast<const float *>(params[0]);
-  const float *b = static_cast<const float *>(params[1]);
-  const float *lr = static_cast<const float *>(params[2]);
-  const float mu = *static_cast<const float *>(params[3]);
+  constexpr int kFirst = 5;  // run, a, b, lr, mu
+  const int n = (nparam - kFirst - 1) / 3;
+  if (n < 1 || nparam != 3 * n + kFirst + 1 || !AllFloat32(0, nparam, dtypes)) return 1;
+  const float run = *static_cast<const float *>(params[0]);
+  const float *a = static_cast<const float *>(params[1]);
+  const float *b = static_cast<const float *>(params[2]);
+  const float *lr = static_cast<const float *>(params[3]);
+  const float mu = *static_cast<const float *>(params[4]);
   std::vector<int64_t> sizes(n);
   int64_t total = 0;
   for (int i = 0; i < n; ++i) {
-    total += sizes[i] = Numel(ndims[4 + 3 * i], shapes[4 + 3 * i]);
-    if (Numel(ndims[5 + 3 * i], shapes[5 + 3 * i]) != sizes[i] ||
-        Numel(ndims[6 + 3 * i], shapes[6 + 3 * i]) != sizes[i]) return 2;
+    total += sizes[i] = Numel(ndims[kFirst + 3 * i], shapes[kFirst + 3 * i]);
+    if (Numel(ndims[kFirst + 1 + 3 * i], shapes[kFirst + 1 + 3 * i]) != sizes[i] ||
+        Numel(ndims[kFirst + 2 + 3 * i], shapes[kFirst + 2 + 3 * i]) != sizes[i]) return 2;
   }
+  *static_cast<float *>(params[nparam - 1]) = run;
+  if (run == 0.0f) return 0;
   const std::vector<Chunk> chunks = MakeChunks(sizes);
   ForChunks(chunks, total, [&](int64_t, const Chunk &ch) {
     const int i = ch.tensor;
-    float *w = static_cast<float *>(params[4 + 3 * i]);
-    float *v = static_cast<float *>(params[5 + 3 * i]);
-    const float *g = static_cast<const float *>(params[6 + 3 * i]);
+    float *w = static_cast<float *>(params[kFirst + 3 * i]);
+    float *v = static_cast<float *>(params[kFirst + 1 + 3 * i]);
+    const float *g = static_cast<const float *>(params[kFirst + 2 + 3 * i]);
     const float ai = a[i], bi = b[i], li = lr[i];
     for (int64_t j = ch.lo; j < ch.hi; ++j) {
       const float gp = ai * g[j] + bi * w[j];
@@ -139,6 +146,5 @@ extern "C" int MsOptimLarsMomentum(int nparam, void **params, int *ndims, int64_
       w[j] = w[j] - li * vj;
     }
   });
-  *static_cast<float *>(params[nparam - 1]) = 1.0f;
   return 0;
 }
