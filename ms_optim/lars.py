@@ -7,7 +7,7 @@ exceptions of the deprecated ``mindspore.nn.LARS``.
 import numpy as np
 
 import mindspore as ms
-from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
 from . import _backend, _cpu_kernels
@@ -425,8 +425,9 @@ class LARS(nn.Optimizer):
         # (load_param_into_net) after compilation only where the top graph reads it, so the
         # construct reads them there (no copy; tests/test_lars_cpu_kernels.py, resume tests).
         weight_ids = {id(p) for p in params}
-        self._branch_state = ParameterTuple(
-            [p for p in optimizer.get_parameters() if id(p) not in weight_ids])
+        # A plain tuple, not registered (the Parameters belong to the optimizer's cells already).
+        object.__setattr__(self, "_branch_state", tuple(
+            p for p in optimizer.get_parameters() if id(p) not in weight_ids))
         # The wrapped optimizer keeps only its update rule.
         optimizer.exec_weight_decay = False
         optimizer.decay_flags = tuple(False for _ in optimizer.decay_flags)

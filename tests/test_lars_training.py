@@ -163,7 +163,8 @@ def test_load_checkpoint_after_compilation_restores_optimizer_state(tmp_path, ba
     ms.set_seed(0)
     net = nn.SequentialCell([nn.Dense(4, 8), nn.ReLU(), nn.Dense(8, 3)])
     params = net.trainable_params()
-    base = (nn.Momentum(params, nn.PolynomialDecayLR(0.1, 0.01, 6, 1.0), 0.9, weight_decay=1e-4)
+    lr = Tensor(np.linspace(0.1, 0.01, 6).astype(np.float32))  # a per-step lr Parameter
+    base = (nn.Momentum(params, lr, 0.9, weight_decay=1e-4)
             if inner == "momentum" else nn.Adam(params, 1e-2, weight_decay=1e-4))
     lars = ms_optim.LARS(base, coefficient=0.02, backend=backend)
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(
