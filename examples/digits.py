@@ -196,16 +196,6 @@ class AccuracyPerEpoch(Callback):
 
 
 # --------------------------------------------------------------------------- optimizers
-def thor_available():
-    """True once ``ms_optim`` exports THOR (``thor`` and ``ConvertModelUtils``)."""
-    return hasattr(ms_optim, "thor") and hasattr(ms_optim, "ConvertModelUtils")
-
-
-def lars_available():
-    """True once ``ms_optim`` exports ``LARS`` and ``lars_filter_for``."""
-    return hasattr(ms_optim, "LARS") and hasattr(ms_optim, "lars_filter_for")
-
-
 def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=None,
                     batch_size=32, coefficient=0.001, use_clip=False, damping=0.03, frequency=10,
                     thor_kwargs=None):
@@ -227,8 +217,6 @@ def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=Non
         thor_kwargs (dict): more keyword arguments of ``ms_optim.thor`` (e.g. ``kl_clip``).
     """
     if name == "thor":
-        if not thor_available():
-            raise RuntimeError("THOR not available yet: ms_optim has no `thor` / `ConvertModelUtils`")
         if steps is None:
             raise ValueError("THOR needs `steps` to build its per-step lr/damping arrays")
         lr_arr = Tensor(np.full(steps, lr, np.float32))
@@ -243,8 +231,6 @@ def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=Non
     if name == "momentum":
         return nn.Momentum(groups, learning_rate=lr, momentum=momentum)
     if name == "lars":
-        if not lars_available():
-            raise RuntimeError("LARS not available yet: ms_optim has no `LARS` / `lars_filter_for`")
         base = nn.Momentum(groups, learning_rate=lr, momentum=momentum)
         return ms_optim.LARS(base, coefficient=coefficient, use_clip=use_clip,
                              lars_filter=ms_optim.lars_filter_for(net))
@@ -253,10 +239,7 @@ def build_optimizer(name, net, lr, *, momentum=0.9, weight_decay=1e-4, steps=Non
 
 def _decay_filter(net):
     """Weight-decay predicate: weights of Conv2d/Dense only (no BatchNorm scale/shift, no bias)."""
-    if lars_available():
-        return ms_optim.lars_filter_for(net)
-    names = {p.name for p in net.trainable_params() if p.ndim > 1}
-    return lambda p: p.name in names
+    return ms_optim.lars_filter_for(net)
 
 
 # --------------------------------------------------------------------------- one run

@@ -89,14 +89,6 @@ def _parse_args(argv):
     return args
 
 
-def _available(name):
-    if name == "lars":
-        return digits.lars_available()
-    if name == "thor":
-        return digits.thor_available()
-    return True
-
-
 def _rank_key(res):
     """Grid ranking: fewest epochs to TARGET (never = worst), then best mean accuracy of the last
     five epochs (a diverged run, stopped early, ranks last)."""
@@ -166,10 +158,6 @@ def main(argv=None):
 
     results, grid_log = [], []
     for name in args.optimizers:
-        if not _available(name):
-            print(f"{name.upper()} not available yet (ms_optim does not export it); skipping {name}.",
-                  flush=True)
-            continue
         lrs = LR_GRID[name] if args.grid else (args.lrs[name],)
         runs = []
         for lr in lrs:

@@ -70,29 +70,3 @@ html_css_files = ["ms_optim.css"]
 html_show_sourcelink = False
 templates_path = [os.path.join(DOCS_DIR, "_templates")]
 exclude_patterns = ["_build"]
-
-
-def optional_pages(srcdir, *names):
-    """Names of guide pages that exist in ``srcdir`` (pages other helpers may add later)."""
-    return [n for n in names if os.path.isfile(os.path.join(srcdir, n + ".rst"))]
-
-
-# Guide pages written by other contributors later (e.g. "Scaling out"): they join the index
-# toctree only once their file exists, through the "@OPTIONAL_PAGES@" line of index.rst.
-OPTIONAL_PAGES = ("scaling",)
-
-
-def _fill_optional_pages(app, docname, source):
-    if docname != "index":
-        return
-    pages = optional_pages(str(app.srcdir), *OPTIONAL_PAGES)
-    source[0] = source[0].replace("   @OPTIONAL_PAGES@\n", "".join(f"   {p}\n" for p in pages))
-
-
-def _always_reread_index(app, env, added, changed, removed):
-    return ["index"]  # the optional toctree entries depend on files, not on index.rst itself
-
-
-def setup(app):
-    app.connect("source-read", _fill_optional_pages)
-    app.connect("env-get-outdated", _always_reread_index)

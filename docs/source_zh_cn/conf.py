@@ -4,7 +4,7 @@ import sys
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "_ext")))
 
-from common_conf import *  # noqa: E402,F401,F403  (shared settings, extensions, setup())
+from common_conf import *  # noqa: E402,F401,F403  (shared settings and extensions)
 
 language = "zh_CN"
 coverage_check_language = "zh_cn"

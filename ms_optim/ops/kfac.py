@@ -67,12 +67,19 @@ def output_grad_covariance(dout, n, t, loss_scale=1.0):
     return ops.matmul(d.T, d) * (n / t)
 
 
+def block_geometry(d, block=BLOCK_SIZE):
+    """``(n_b, s, p)`` of a dimension ``d`` cut into diagonal blocks: block size
+    ``s = min(d, block)``, ``n_b = ceil(d / s)`` blocks, ``p = n_b * s - d`` padding (the one
+    definition every block-diagonal statistic, inverse and initial value uses)."""
+    s = min(d, block)
+    nb = (d + s - 1) // s
+    return nb, s, nb * s - d
+
+
 def _column_blocks(x, block):
     """``(R, d)`` -> ``(n_b, R, s)``: column groups of width ``s = min(d, block)``, zero-padded."""
     rows, d = x.shape
-    s = min(d, block)
-    nb = (d + s - 1) // s
-    pad = nb * s - d
+    nb, s, pad = block_geometry(d, block)
     if pad > 0:
         x = ops.pad(x, (0, pad))
     if nb == 1:
@@ -165,9 +172,7 @@ def diagonal_blocks(m, block=BLOCK_SIZE):
         Tensor of shape :math:`(n_b, s, s)`.
     """
     d = m.shape[0]
-    s = min(d, block)
-    nb = (d + s - 1) // s
-    pad = nb * s - d
+    nb, s, pad = block_geometry(d, block)
     if pad > 0:
         m = ops.pad(m, (0, pad, 0, pad))
         tail = ops.concat((ops.zeros(d, m.dtype), ops.ones(pad, m.dtype)))

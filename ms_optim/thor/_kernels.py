@@ -13,15 +13,14 @@ backends; the mathematics (statistics, damping, block split, preconditioning) is
   composed as :math:`U_b^{-1} U_b^{-T}` (:func:`ms_optim.ops.kfac.inverse_from_upper_inverse`).
   Blocks smaller than 128 are padded with an identity block first (exact). The primitive is only
   obtained through :func:`ms_optim._backend.get_primitive`; tests inject a stand-in with the same
-  contract to verify the composition on CPU.
+  contract (``tests/kernel_standins.py``) to verify the composition on CPU.
 """
 from mindspore import ops
 
 from .._backend import ASCEND, get_primitive
 from ..ops import kfac
 
-__all__ = ["PortableKernels", "AscendKernels", "get_kernels", "ASCEND_PRIMITIVES",
-           "upper_inverse_standin"]
+__all__ = ["PortableKernels", "AscendKernels", "get_kernels", "ASCEND_PRIMITIVES"]
 
 #: Primitives the Ascend realisation needs (checked by ``resolve_backend``).
 ASCEND_PRIMITIVES = ("CusCholeskyTrsm",)
@@ -30,8 +29,6 @@ _ASCEND_BLOCK = 128
 
 class PortableKernels:
     """Block inverse from public ``mindspore.ops`` only."""
-
-    name = "portable"
 
     def spd_block_inverse(self, blocks):
         """Inverse of each SPD block (contract of ``spd_block_inverse_cholesky``)."""
@@ -46,8 +43,6 @@ class AscendKernels:
             ``(m // 128, 128, 128)`` stack of :math:`U_b^{-1}` where block :math:`b` equals
             :math:`U_b^T U_b`. Default: an instance of the ``CusCholeskyTrsm`` primitive.
     """
-
-    name = "ascend"
 
     def __init__(self, upper_inverse=None):
         if upper_inverse is None:
@@ -86,22 +81,8 @@ def _block_diag(blocks):
     return ops.concat(rows, 0)
 
 
-def upper_inverse_standin(full):
-    """Portable stand-in with the ``CusCholeskyTrsm`` contract (used by tests on CPU).
-
-    For each 128-block :math:`B_b = U_b^T U_b` (:math:`U_b = L_b^T`) it returns
-    :math:`U_b^{-1} = B_b^{-1} U_b^T`.
-    """
-    m = full.shape[0]
-    n_b = m // _ASCEND_BLOCK
-    blocks = kfac.diagonal_blocks(full, _ASCEND_BLOCK)
-    low = ops.cholesky(blocks, upper=False)
-    inv = kfac.spd_block_inverse_cholesky(blocks)
-    return ops.reshape(ops.BatchMatMul()(inv, low), (n_b, _ASCEND_BLOCK, _ASCEND_BLOCK))
-
-
-def get_kernels(backend, upper_inverse=None):
+def get_kernels(backend):
     """Kernel set for a resolved backend name (``"ascend"`` or ``"portable"``)."""
     if backend == ASCEND:
-        return AscendKernels(upper_inverse)
+        return AscendKernels()
     return PortableKernels()

@@ -37,8 +37,8 @@ __all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "T
 
 def _block_shape(d):
     """Shape of the diagonal-block statistic of a ``d x d`` factor: ``(n_b, s, s)``."""
-    s = min(d, kfac.BLOCK_SIZE)
-    return ((d + s - 1) // s, s, s)
+    nb, s, _ = kfac.block_geometry(d)
+    return (nb, s, s)
 
 
 class _StatsMixin:

@@ -118,8 +118,7 @@ def _assign_owners(costs, group_size):
 
 
 def _identity_blocks(d, block):
-    s = min(d, block)
-    nb = (d + s - 1) // s
+    nb, s, _ = kfac.block_geometry(d, block)
     return np.broadcast_to(np.eye(s, dtype=np.float32), (nb, s, s)).copy()
 
 
@@ -158,15 +157,14 @@ class ThorOptimizer(nn.Optimizer):
 
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
-                 frequency, backend, distribute_inversion, kernels=None, kl_clip=None,
-                 factor_decay=None):
+                 frequency, backend, distribute_inversion, kl_clip=None, factor_decay=None):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         self.frequency = frequency
         #: set by ThorTrainOneStepCell: the refresh/stale switch drives this optimizer
         self.thor_driven = False
         self.backend = backend
-        self.kernels = kernels if kernels is not None else _kernels.get_kernels(backend)  # property
+        self.kernels = _kernels.get_kernels(backend)  # a property: tests may swap the kernel set
         self.momentum = Parameter(Tensor(momentum, ms.float32), name="momentum")
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
         self.use_nesterov = use_nesterov
