@@ -257,7 +257,6 @@ def test_float16_layers_compute_in_float16_and_statistics_in_float32():
     diff = np.abs(out16.asnumpy().astype(np.float32) - out32).max()
     assert 0 < diff < 5e-2 * np.abs(out32).max(), diff
     # conv statistic A from the float16-rounded input, formed in float32 (im2col is exact)
-    from ms_optim.ops import kfac  # noqa: F401
     x16 = x.astype(np.float16).astype(np.float64)
     xp = np.pad(x16, ((0, 0), (0, 0), (1, 1), (1, 1)))
     patches = np.stack([xp[:, c, i:i + 6, j:j + 6] for c in range(2) for i in range(3)

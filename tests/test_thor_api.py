@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import mindspore as ms
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
 from ms_optim import (Conv2dThor, ConvertNetUtils, DenseThor, EmbeddingLookupThor, EmbeddingThor,
                       ThorTrainOneStepCell,

@@ -13,7 +13,6 @@ import numpy as np
 
 import mindspore as ms
 import mindspore.dataset as ds
-from mindspore import nn
 from mindspore.train import CheckpointConfig, ModelCheckpoint
 
 from ms_optim import ConvertModelUtils

@@ -4,12 +4,11 @@ import sys
 import numpy as np
 
 import mindspore as ms
-from mindspore import nn
 
 ms.set_context(device_target="CPU", mode=int(sys.argv[3]))
 sys.path.insert(0, sys.argv[4])
 import thor_helpers as H  # noqa: E402
-from test_thor_model import build_run, DATA_SEED  # noqa: E402
+from test_thor_model import build_run  # noqa: E402
 
 
 def main():
