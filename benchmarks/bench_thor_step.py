@@ -31,7 +31,7 @@ import numpy as np
 import mindspore as ms
 from mindspore import Tensor, nn, ops
 
-from _common import write_json  # also puts the repository on sys.path
+from _common import peak_rss_mb, write_json  # also puts the repository on sys.path
 
 import ms_optim
 from ms_optim.ops import kfac
@@ -76,6 +76,21 @@ def _momentum_step(width, batch):
         train(x, y).asnumpy()  # warm-up
     n_params = sum(int(np.prod(p.shape)) for p in net.trainable_params())
     return (lambda: train(x, y).asnumpy()), n_params
+
+
+def _nbytes(params):
+    return int(sum(int(np.prod(p.shape)) * np.dtype(p.asnumpy().dtype).itemsize for p in params))
+
+
+def thor_state_bytes(opt):
+    """Bytes of THOR's state, from the shapes: statistics (A, G per layer), inverses, moments,
+    running means (``factor_decay``), against the network's weights."""
+    inverses = list(opt.a_inv) + list(opt.g_inv)
+    averages = [p for p in opt.get_parameters() if p.name.startswith("thor_avg_")]
+    return {"weights": _nbytes(opt.parameters),
+            "statistics": _nbytes(list(opt.stat_a) + list(opt.stat_g)),
+            "inverses": _nbytes(inverses), "moments": _nbytes(opt.moments),
+            "factor_averages": _nbytes(averages)}
 
 
 def _thor_step(width, batch, frequency):
@@ -179,6 +194,13 @@ def main():
     amortised = (med[True] + (args.frequency - 1) * med[False]) / args.frequency
     print(f"{label} amortised over F={args.frequency}: {amortised * 1e3:.2f} ms "
           f"({amortised / med_m:.2f} x Momentum)")
+    # other refresh periods from the same two medians: (refresh + (F - 1) stale) / F
+    other_f = {f: (med[True] + (f - 1) * med[False]) / f / med_m for f in (10, 100)}
+    print("amortised (from the medians): " + ", ".join(f"F={f}: {r:.2f} x Momentum"
+                                                       for f, r in other_f.items()))
+    state = thor_state_bytes(opt)
+    print("THOR state (MiB, from the shapes): " + ", ".join(
+        f"{k} {v / 2**20:.2f}" for k, v in state.items()) + f"; peak RSS {peak_rss_mb():.0f} MiB")
     write_json("thor_step" if args.net == "cnn" else f"thor_step_{args.net}", {
         "net": args.net, "image": _NET["image"], **{k: round(v, 2) for k, v in COMPILE.items()},
         "benchmark": "thor_step", "label": label, "quick": args.quick, "steps": args.steps,
@@ -186,7 +208,9 @@ def main():
         "momentum_ms": round(med_m * 1e3, 2),
         "refresh_ms": round(med[True] * 1e3, 2), "stale_ms": round(med[False] * 1e3, 2),
         "refresh_ratio": round(med[True] / med_m, 3), "stale_ratio": round(med[False] / med_m, 3),
-        "amortised_ms": round(amortised * 1e3, 2), "amortised_ratio": round(amortised / med_m, 3)})
+        "amortised_ms": round(amortised * 1e3, 2), "amortised_ratio": round(amortised / med_m, 3),
+        "amortised_ratio_by_frequency": {str(f): round(r, 3) for f, r in other_f.items()},
+        "state_bytes": state, "peak_rss_mb": round(peak_rss_mb(), 1)})
 
 if __name__ == "__main__":
     main()
