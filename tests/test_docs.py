@@ -107,6 +107,12 @@ def math_blocks(lines):
     return blocks
 
 
+def _math_structure(latex):
+    """A formula with the words of its ``\\text{...}`` parts removed: the zh pages translate
+    those words and must keep everything else (the mathematics) equal to the docstring."""
+    return re.sub(r"\\text\{[^{}]*\}", r"\\text{}", latex)
+
+
 def example_lines(lines):
     return [ln.strip() for ln in lines if ln.strip().startswith((">>>", "..."))
             and not ln.strip().startswith(".. ")]
@@ -215,6 +221,30 @@ def test_public_api_is_not_empty():
     assert PUBLIC, "ms_optim.__all__ is empty"
     for name in PUBLIC:
         assert hasattr(ms_optim, name), f"ms_optim.__all__ lists '{name}', which does not exist"
+
+
+# Words a zh formula may keep: names of arguments, attributes and MindSpore classes.
+ZH_MATH_IDENTIFIERS = ("use_clip", "lars_filter", "lars\\_filter", "decay_filter",
+                       "enable_clip_grad", "optimizer.global_step", "global_step", "Dense",
+                       "Conv2d", "LayerNorm", "Embedding", "Nesterov", "BatchNorm")
+
+
+def test_zh_formulas_are_in_chinese():
+    """Every ``\\text{...}`` of a formula on a Chinese page (API pages and guides): no English
+    words besides identifiers."""
+    bad = []
+    for root, _, files in os.walk(os.path.join(DOCS, "source_zh_cn")):
+        for f in files:
+            if not f.endswith(".rst"):
+                continue
+            text = open(os.path.join(root, f), encoding="utf-8").read()
+            for words in re.findall(r"\\text\{([^{}]*)\}", text):
+                rest = words
+                for ident in ZH_MATH_IDENTIFIERS:
+                    rest = rest.replace(ident, "")
+                if re.search(r"[A-Za-z]{2,}", rest):
+                    bad.append(f"{f}: \\text{{{words}}}")
+    assert not bad, "English words in zh formulas:\n  " + "\n  ".join(bad)
 
 
 @pytest.mark.parametrize("name", PUBLIC_API)
@@ -365,7 +395,7 @@ def parity_problems(label, obj, lines, start, sig_text):
     if en_platforms != zh_platforms:
         problems.append(f"{label}: platforms {en_platforms!r} != {zh_platforms!r}")
     en_math = math_blocks(inspect.cleandoc(doc).splitlines())
-    if en_math != zh_math:
+    if [_math_structure(m) for m in en_math] != [_math_structure(m) for m in zh_math]:
         problems.append(f"{label}: the zh page's formulas differ from the docstring's "
                         f"({len(en_math)} vs {len(zh_math)} '.. math::' blocks, or different LaTeX)")
     en_examples = [ln.strip() for ln in section(sections, "Examples") or [] if ln.strip()]
