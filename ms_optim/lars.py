@@ -275,7 +275,8 @@ class LARS(nn.Optimizer):
           per-step sync): :class:`ms_optim.OptimizerMonitor` warns, naming the step and the
           parameter; without it, read the counter. Finite steps are unchanged bit for bit.
           The test reuses the float32 :math:`\|g\|^2` of the adapted parameters (one float32
-          sum per other parameter): a finite gradient whose sum of squares overflows float32
+          sum per other parameter; on the ``"cpu"`` backend the kernel's sums of squares of
+          all parameters): a finite gradient whose sum of squares overflows float32
           (elements beyond about :math:`10^{19}`) counts as non-finite.
           To recover from overflows by rescaling, train with a ``DynamicLossScaleManager`` (or
           ``FixedLossScaleManager(drop_overflow_update=True)``). On the CPU backend MindSpore 2.10 has no overflow
