@@ -31,11 +31,15 @@ _FLAGS = ("-std=c++17", "-O3", "-ffp-contract=off", "-fno-fast-math", "-shared",
           "-pthread")
 
 
-def _cache_dir():
+def _cache_dirs():
+    """``$MS_OPTIM_KERNEL_CACHE`` if set; else ``~/.cache/ms_optim/kernels``, then a per-user
+    folder in the temporary directory (a read-only home, as in some CI containers)."""
     root = os.environ.get("MS_OPTIM_KERNEL_CACHE")
-    if not root:
-        root = os.path.join(os.path.expanduser("~"), ".cache", "ms_optim", "kernels")
-    return root
+    if root:
+        return [root]
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return [os.path.join(os.path.expanduser("~"), ".cache", "ms_optim", "kernels"),
+            os.path.join(tempfile.gettempdir(), f"ms_optim_kernels_{uid}")]
 
 
 def _compiler():
@@ -59,13 +63,23 @@ def _build():
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"cannot read the kernel source or run {cxx}: {err}"
     digest = hashlib.sha256(source + version + " ".join(_FLAGS).encode()).hexdigest()[:16]
-    cache = _cache_dir()
-    path = os.path.join(cache, f"lars_cpu_{digest}.so")
+    errors = []
+    for cache in _cache_dirs():
+        path, err = _compile_into(cxx, cache, f"lars_cpu_{digest}.so")
+        if path is not None:
+            return _check_loadable(path)
+        errors.append(err)
+    return None, "; ".join(errors)
+
+
+def _compile_into(cxx, cache, name):
+    """(path, None) once ``cache/name`` exists (compiled now or before), else (None, reason)."""
+    path = os.path.join(cache, name)
     if os.path.exists(path):
         return path, None
     try:
         os.makedirs(cache, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+        fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=cache)
         os.close(fd)
         res = subprocess.run([cxx, *_FLAGS, "-o", tmp, _SOURCE], capture_output=True,
                              text=True, timeout=300)
@@ -76,6 +90,17 @@ def _build():
     except (OSError, subprocess.SubprocessError) as err:
         return None, f"cannot build the kernels in {cache}: {err}"
     _LOG.info("ms_optim: compiled CPU kernels into %s", path)
+    return path, None
+
+
+def _check_loadable(path):
+    """MindSpore may refuse a library (``MS_CUSTOM_AOT_WHITE_LIST`` elsewhere): find out now,
+    so that the optimizer falls back instead of failing at construction."""
+    try:
+        ops.Custom(f"{path}:MsOptimSquareSums", out_shape=[1], out_dtype=ms.float32,
+                   func_type="aot")
+    except (TypeError, ValueError, RuntimeError, OSError) as err:
+        return None, f"mindspore.ops.Custom refused {path}: {err}"
     return path, None
 
 

@@ -256,3 +256,35 @@ def test_training_with_model_equals_portable():
     assert (be_cpu, be_port) == ("cpu", "portable")
     assert got[-1] < got[0]
     assert got == want
+
+
+def test_unwritable_home_cache_falls_back_to_temp(monkeypatch, tmp_path):
+    blocker = tmp_path / "home_is_a_file"
+    blocker.write_text("")
+    monkeypatch.delenv("MS_OPTIM_KERNEL_CACHE", raising=False)
+    monkeypatch.setattr(_cpu_kernels.os.path, "expanduser", lambda p: str(blocker))
+    monkeypatch.setattr(_cpu_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    try:
+        path = _cpu_kernels.library()
+        assert path is not None, _cpu_kernels.unavailable_reason()
+        assert path.startswith(str(tmp_path / "tmp")), path
+    finally:
+        monkeypatch.undo()
+        _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+
+
+def test_aot_white_list_elsewhere_falls_back(monkeypatch, tmp_path, caplog):
+    """MindSpore refuses AOT libraries outside MS_CUSTOM_AOT_WHITE_LIST: LARS must not fail."""
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    monkeypatch.setenv("MS_CUSTOM_AOT_WHITE_LIST", str(allowed))
+    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    try:
+        with caplog.at_level(logging.WARNING, logger="ms_optim"):
+            lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
+        assert lars.backend == "portable"
+        assert "refused" in caplog.text
+    finally:
+        monkeypatch.undo()
+        _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
