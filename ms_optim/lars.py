@@ -424,7 +424,7 @@ class LARS(nn.Optimizer):
         # learning rate, beta powers, ...). The portable and Ascend paths call the optimizer in a
         # graph branch (the non-finite skip); MindSpore rebinds a Parameter replaced by set_data
         # (load_param_into_net) after compilation only where the top graph reads it, so the
-        # construct reads them there (no copy; tests/test_lars_cpu_kernels.py, resume tests).
+        # construct reads them there (no copy; tests/test_lars_training.py, load after compile).
         weight_ids = {id(p) for p in params}
         # A plain tuple, not registered (the Parameters belong to the optimizer's cells already).
         object.__setattr__(self, "_branch_state", tuple(
