@@ -20,16 +20,19 @@ What it leaves out: the forward and backward pass (see ``bench_lars_e2e.py``), d
 loss scaling, other devices. Targets (issue 9, printed, never asserted): LARS(Momentum) <= 1.5x
 Momentum, every other LARS(X) <= 2x X, GRAPH mode.
 
-Writes ``outputs/bench/lars_step.json``.
+Writes ``outputs/bench/lars_step.json`` and ``outputs/bench/lars_step.png`` (step-time bars).
 """
 import argparse
+import os
 
 import numpy as np
 
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+import _common
 from _common import peak_rss_mb, time_interleaved, write_json
+from plots import plot_lars_step
 from resnet50 import param_count, resnet50
 
 import ms_optim
@@ -118,6 +121,8 @@ def main():
                   f"{r['target']:>8.1f}  {'yes' if r['met'] else 'NO'}")
     write_json("lars_step", {"benchmark": "lars_step", "tensors": n_tensors, "parameters": n_params,
                              "steps": steps, "results": results})
+    png = plot_lars_step(results, os.path.join(_common.OUT_DIR, "lars_step.png"))
+    print(f"wrote {os.path.relpath(png, _common.REPO)}")
 
 
 if __name__ == "__main__":

@@ -84,3 +84,36 @@ def plot_thor_accuracy(curves, setups, target_of, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_lars_step(results, path):
+    """Step time bars per wrapped optimizer X: X, LARS(X) on the default backend, LARS(X) on the
+    portable path; one panel per execution mode."""
+    plt = _plt()
+    modes = list(results)
+    fig, axes = plt.subplots(1, len(modes), figsize=(6.0 * len(modes), 3.8), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        rows = results[mode]
+        names = list(rows)
+        x = np.arange(len(names))
+        w = 0.27
+        backend = rows[names[0]]["backend"] if names else "?"
+        bars = (("base_ms", "X", "tab:blue"), ("lars_ms", f"LARS(X), {backend}", "tab:orange"),
+                ("portable_ms", "LARS(X), portable", "tab:gray"))
+        for k, (key, label, color) in enumerate(bars):
+            vals = [rows[n][key] for n in names]
+            ax.bar(x + (k - 1) * w, vals, w, label=label, color=color)
+        for i, n in enumerate(names):
+            ax.text(i, rows[n]["lars_ms"], f"{rows[n]['ratio']:.2f}x", ha="center",
+                    va="bottom", fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(names, fontsize=9)
+        ax.set_ylabel("optimizer step (ms, median)")
+        ax.set_title(f"ResNet-50 parameter set, {mode} (label: LARS(X) / X)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
