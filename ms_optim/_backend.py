@@ -10,6 +10,8 @@ Nothing else in the package reads ``device_target`` or probes for primitives.
 * ``"cpu"``: CPU device, and the package's compiled CPU kernels (``ms_optim/_csrc``, built on
   first use, see ``ms_optim._cpu_kernels``) are available; only optimizers that have such
   kernels offer it (LARS). GRAPH and PYNATIVE mode.
+* ``"gpu"``: GPU device, GRAPH mode, and the GPU primitive an optimizer offers exists (LARS:
+  ``FusedWeightScaleApplyMomentum`` for a wrapped ``nn.Momentum``).
 * ``"portable"``: built from public ``mindspore.ops`` only; runs on CPU, GPU and Ascend, in GRAPH
   and PYNATIVE mode.
 
@@ -22,14 +24,15 @@ import logging
 
 import mindspore as ms
 
-__all__ = ["AUTO", "ASCEND", "CPU", "PORTABLE", "BACKENDS", "resolve_backend", "has_primitive",
+__all__ = ["AUTO", "ASCEND", "CPU", "GPU", "PORTABLE", "BACKENDS", "resolve_backend", "has_primitive",
            "get_primitive"]
 
 AUTO = "auto"
 ASCEND = "ascend"
 CPU = "cpu"
+GPU = "gpu"
 PORTABLE = "portable"
-BACKENDS = (AUTO, ASCEND, CPU, PORTABLE)
+BACKENDS = (AUTO, ASCEND, CPU, GPU, PORTABLE)
 
 _LOG = logging.getLogger("ms_optim")
 
@@ -70,7 +73,7 @@ def get_primitive(name):
 
 
 def resolve_backend(backend, required_primitives, cls_name, device_target=None, mode=None,
-                    cpu_kernels=None):
+                    cpu_kernels=None, gpu_primitives=None):
     """Resolve ``backend`` to ``"ascend"``, ``"cpu"`` or ``"portable"``.
 
     Args:
@@ -82,15 +85,17 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         cpu_kernels (Callable[[], Optional[str]]): offered by optimizers with compiled CPU
             kernels: returns ``None`` when they can be used, else the reason. ``None`` (the
             default): the ``"cpu"`` backend is not offered.
+        gpu_primitives (tuple[str]): offered by optimizers with a fused GPU path: the primitives
+            it needs. ``None`` (the default): the ``"gpu"`` backend is not offered.
 
     Returns:
-        str, ``"ascend"``, ``"cpu"`` or ``"portable"``.
+        str, ``"ascend"``, ``"cpu"``, ``"gpu"`` or ``"portable"``.
 
     Raises:
         TypeError: If `backend` is not a str.
         ValueError: If `backend` is not one of the three names, or ``"ascend"`` is requested
             where the fused path cannot run (not an Ascend device, not GRAPH mode, or a
-            primitive missing), or ``"cpu"`` where it is not offered or cannot run.
+            primitive missing), or ``"cpu"`` / ``"gpu"`` where it is not offered or cannot run.
     """
     if not isinstance(backend, str):
         raise TypeError(f"For '{cls_name}', the argument 'backend' must be str, "
@@ -106,6 +111,8 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         mode = ms.get_context("mode")
     if backend == CPU:
         return _resolve_cpu(cls_name, device_target, cpu_kernels)
+    if backend == GPU:
+        return _resolve_gpu(cls_name, device_target, mode, gpu_primitives)
     missing = [p for p in required_primitives if not has_primitive(p)]
     reasons = []
     if device_target != "Ascend":
@@ -116,6 +123,11 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
         reasons.append(f"MindSpore {ms.__version__} lacks {', '.join(missing)}")
     if not reasons:
         return ASCEND
+    if backend == AUTO and gpu_primitives is not None and device_target == "GPU":
+        try:
+            return _resolve_gpu(cls_name, device_target, mode, gpu_primitives)
+        except ValueError:
+            return PORTABLE
     if backend == AUTO and cpu_kernels is not None and device_target == "CPU":
         why = cpu_kernels()
         if why is None:
@@ -146,3 +158,21 @@ def _resolve_cpu(cls_name, device_target, cpu_kernels):
         raise ValueError(f"For '{cls_name}', backend='cpu' cannot be used: {why}. "
                          "Use backend='auto' or 'portable'.")
     return CPU
+
+
+def _resolve_gpu(cls_name, device_target, mode, gpu_primitives):
+    if gpu_primitives is None:
+        raise ValueError(f"For '{cls_name}', backend='gpu' is not offered: {cls_name} has no "
+                         "fused GPU path. Use backend='auto' or 'portable'.")
+    reasons = []
+    if device_target != "GPU":
+        reasons.append(f"device_target is '{device_target}', not 'GPU'")
+    if mode != ms.GRAPH_MODE:
+        reasons.append("the execution mode is not GRAPH_MODE")
+    missing = [p for p in gpu_primitives if not has_primitive(p)]
+    if missing:
+        reasons.append(f"MindSpore {ms.__version__} lacks {', '.join(missing)}")
+    if reasons:
+        raise ValueError(f"For '{cls_name}', backend='gpu' cannot be used: " + "; ".join(reasons)
+                         + ". Use backend='auto' or 'portable'.")
+    return GPU

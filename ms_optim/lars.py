@@ -93,12 +93,35 @@ def _fused_lars_tensor(lars_update, square_sum_all, epsilon, use_clip, lr, weigh
     return ops.select(ops.broadcast_to(safe, ops.shape(gradient)), fused, decayed)
 
 
+_gpu_momentum_update = C.MultitypeFuncGraph("ms_optim_gpu_momentum_update")
+
+
+@_gpu_momentum_update.register("Function", "Tensor", "Tensor", "Tensor", "Tensor", "Tensor",
+                               "Tensor", "Tensor")
+def _gpu_momentum_update_tensor(fused, momentum, weight_decay, scale, lr, weight, moment, gradient):
+    """GPU: ``FusedWeightScaleApplyMomentum`` for one parameter (see ``LARS._gpu_step``)."""
+    return ops.depend(True, fused(weight_decay, scale, weight, moment, lr, gradient, momentum))
+
+
 _scale_grad = C.MultitypeFuncGraph("ms_optim_scale_grad")
 
 
 @_scale_grad.register("Tensor", "Tensor")
 def _scale_grad_tensor(scale, grad):
     return grad * ops.cast(scale, ops.dtype(grad))
+
+
+def _momentum_fusable(optimizer):
+    """Whether a fused LARS + momentum kernel can replace `optimizer`'s update: ``nn.Momentum``
+    itself (a subclass may change construct), no Nesterov (CPU ApplyMomentum ignores it and the
+    fused GPU kernel has none), no gradient centralization (it would act on g' between LARS and
+    the update)."""
+    return (type(optimizer) is nn.Momentum  # pylint: disable=unidiomatic-typecheck
+            and not optimizer.use_nesterov
+            and not any(getattr(optimizer, "grad_centralization_flags", ())))
+
+
+_GPU_PRIMITIVES = ("FusedWeightScaleApplyMomentum",)
 
 
 def _cpu_unusable(params):
@@ -261,7 +284,9 @@ class LARS(nn.Optimizer):
           (float64 accumulation) and, when `optimizer` is a plain ``nn.Momentum`` without
           Nesterov or gradient centralization, form :math:`g'` and the momentum update
           :math:`v \leftarrow \mu v + g'`, :math:`w \leftarrow w - \gamma_t v` in one
-          in-place pass instead of calling it. Everywhere else, and where no compiler is
+          in-place pass instead of calling it. On a GPU device in GRAPH mode, around such an
+          ``nn.Momentum``, MindSpore's ``FusedWeightScaleApplyMomentum`` (``"gpu"``) replaces
+          the rescale and ``ApplyMomentum``. Everywhere else, and where no compiler is
           found, the portable implementation built from ``mindspore.ops``. All compute the
           formula above. The portable and CPU paths keep the last step's :math:`\tau` of the
           adapted parameters (in their order) in the attribute ``lars_trust`` (a Parameter
@@ -293,7 +318,8 @@ class LARS(nn.Optimizer):
             Default: ``False`` .
         lars_filter (Callable[[Parameter], bool]): which parameters are LARS-adapted.
             Default: ``lambda x: 'LayerNorm' not in x.name and 'bias' not in x.name`` .
-        backend (str): keyword-only; ``"auto"``, ``"ascend"``, ``"cpu"`` or ``"portable"``.
+        backend (str): keyword-only; ``"auto"``, ``"ascend"``, ``"cpu"``, ``"gpu"`` or
+            ``"portable"``.
             Default: ``"auto"`` .
 
     Inputs:
@@ -312,8 +338,8 @@ class LARS(nn.Optimizer):
         ValueError: If `lars_filter` comes from :func:`lars_filter_for` of another network.
         ValueError: If `use_clip` is True and the wrapped optimizer has both group learning
             rates and a dynamic learning rate.
-        ValueError: If `backend` is not one of the four names, or ``"ascend"`` or ``"cpu"``
-            cannot be used.
+        ValueError: If `backend` is not one of the five names, or ``"ascend"``, ``"cpu"`` or
+            ``"gpu"`` cannot be used.
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -364,8 +390,10 @@ class LARS(nn.Optimizer):
         except TypeError as err:
             raise TypeError("For 'LARS', the argument 'lars_filter' must be callable as "
                             f"lars_filter(param) -> bool, but calling it failed: {err}") from err
+        fusable = _momentum_fusable(optimizer) and all(p.dtype == ms.float32 for p in params)
         self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS",
-                                                cpu_kernels=lambda: _cpu_unusable(params))
+                                                cpu_kernels=lambda: _cpu_unusable(params),
+                                                gpu_primitives=_GPU_PRIMITIVES if fusable else None)
 
         # ---- build ----
         super().__init__(0.0, list(params))
@@ -402,16 +430,13 @@ class LARS(nn.Optimizer):
         if self.backend == _backend.ASCEND:
             self._lars_update = _backend.get_primitive("LARSUpdate")(epsilon, coefficient, use_clip)
             self._square_sum_all = _backend.get_primitive("SquareSumAll")()
+        if self.backend == _backend.GPU:  # offered only for a fusable nn.Momentum
+            self._gpu_momentum = _backend.get_primitive(_GPU_PRIMITIVES[0])()
         if self.backend == _backend.CPU:
             self._square_sums = _cpu_kernels.square_sums_op(2 * len(params))
             self._adapt_mask = Tensor(np.array(lars_flags, np.bool_))
             self._all_known = tuple(True for _ in params)
-            # nn.Momentum itself (a subclass may change construct), as its CPU kernel runs it:
-            # no Nesterov (CPU ApplyMomentum ignores it; the kernel does not guess), no gradient
-            # centralization (it would act on g' between LARS and the update).
-            self._fused_momentum = (type(optimizer) is nn.Momentum  # pylint: disable=unidiomatic-typecheck
-                                    and not optimizer.use_nesterov
-                                    and not any(getattr(optimizer, "grad_centralization_flags", ())))
+            self._fused_momentum = _momentum_fusable(optimizer)
             if self._fused_momentum:
                 self._lars_momentum = _cpu_kernels.lars_momentum_op()
         # What the portable graph is specialised on, known when it is built: which parameters
@@ -484,12 +509,44 @@ class LARS(nn.Optimizer):
     def _portable_checked(self, gradients):
         """(all gradients finite, the LARS gradients); the adapted gradients are judged by their
         sum of squares, which the trust ratios need anyway."""
+        finite, a, b = self._portable_scales(gradients)
+        return finite, self._apply_scales(a, b, gradients)
+
+    def _portable_scales(self, gradients):
+        """(all gradients finite, a, b) from per-parameter square sums in mindspore.ops."""
         g_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, gradients))
         finite = check_gradients(self, gradients, g_sq, self.lars_flag)
         w_sq = ops.stack(self.hyper_map(_square_sum, self.lars_flag, self._parameters))
         a, b, trust = self._trust_scales(w_sq, g_sq)
-        finite = self._record_trust(finite, trust)
-        return finite, self._apply_scales(a, b, gradients)
+        return self._record_trust(finite, trust), a, b
+
+    def _gpu_step(self, gradients):
+        """The "gpu" backend (a wrapped ``nn.Momentum``): portable trust ratios, then one
+        ``FusedWeightScaleApplyMomentum`` per parameter instead of the rescale and
+        ``ApplyMomentum``. Its contract (MindSpore's CUDA kernel):
+        :math:`v \\leftarrow \\mu v + (w\\,wd + g)\\,scale`, :math:`w \\leftarrow w - \\gamma v`;
+        with :math:`scale = a_i = \\tau_i s` and :math:`wd = \\lambda_i / s` it is
+        :math:`v \\leftarrow \\mu v + g'`."""
+        finite, a, _ = self._portable_scales(gradients)
+        applied = ops.depend(finite, self._branch_state)
+        if finite:
+            lr = self._lr_vector(self.opt.get_lr(), a)
+            step = ops.assign_add(self.opt.global_step, self.opt.global_step_increase_tensor)
+            wd = self._weight_decay_vector()
+            if self.need_scale:
+                wd = wd * self.loss_scale  # lambda / s
+            done = self.hyper_map(ops.partial(_gpu_momentum_update, self._gpu_momentum,
+                                              self.opt.momentum),
+                                  ops.unstack(wd), ops.unstack(a), ops.unstack(lr),
+                                  self._parameters, self.opt.moments, gradients)
+            applied = ops.depend(ops.depend(applied, done), step)
+        return applied
+
+    def _lr_vector(self, lr, like):
+        """The wrapped optimizer's learning rate per parameter as one float32 vector."""
+        if self.is_group_lr:
+            return ops.stack(self.hyper_map(_to_f32_scalar, lr))
+        return ops.broadcast_to(ops.reshape(ops.cast(lr, ms.float32), (1,)), ops.shape(like))
 
     @ms.jit
     def _cpu_step(self, gradients):
@@ -518,13 +575,9 @@ class LARS(nn.Optimizer):
         """What ``nn.Momentum.construct`` does (learning rate, step counter), with the LARS
         gradient :math:`a_i g_i + b_i w_i` formed inside the kernel's pass; a step that is not
         `finite` changes nothing (the counter included)."""
-        lr = self.opt.get_lr()
+        lr = self._lr_vector(self.opt.get_lr(), a)
         step = ops.assign_add(self.opt.global_step,
                               self.opt.global_step_increase_tensor * ops.cast(finite, ms.int32))
-        if self.is_group_lr:
-            lr = ops.stack(self.hyper_map(_to_f32_scalar, lr))
-        else:
-            lr = ops.broadcast_to(ops.reshape(ops.cast(lr, ms.float32), (1,)), ops.shape(a))
         triples = ()
         for weight, moment, gradient in zip(self._parameters, self.opt.moments, gradients):
             triples = triples + (weight, moment, gradient)
@@ -579,6 +632,8 @@ class LARS(nn.Optimizer):
             return applied
         if self.backend == _backend.CPU:
             return self._cpu_step(gradients)
+        if self.backend == _backend.GPU:
+            return self._gpu_step(gradients)
         finite, lars_gradients = self._portable_checked(gradients)
         applied = ops.depend(finite, self._branch_state)
         if finite:

@@ -130,3 +130,104 @@ def test_fused_path_equals_portable(fake_ascend, use_clip, epsilon, wd):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7, err_msg=f"{p1.name} step {t}")
         for m1, m2 in zip(opts[0].moments, opts[1].moments):
             np.testing.assert_allclose(m1.asnumpy(), m2.asnumpy(), rtol=1e-6, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------
+# The GPU path: FusedWeightScaleApplyMomentum (GPU-only primitive), emulated on CPU
+# ------------------------------------------------------------------------------------------
+class EmulatedFusedWeightScaleApplyMomentum(nn.Cell):
+    """The contract of MindSpore's CUDA kernel FusedWeightDecayScaleMomentum (inputs
+    weight_decay, scale, variable, accumulation, learning_rate, gradient, momentum):
+    grad = (variable * weight_decay + gradient) * scale; accumulation = momentum * accumulation
+    + grad; variable -= learning_rate * accumulation (in place); returns variable."""
+
+    def construct(self, weight_decay, scale, variable, accumulation, learning_rate, gradient,
+                  momentum):
+        grad = (variable * weight_decay + gradient) * scale
+        acc = ops.assign(accumulation, momentum * accumulation + grad)
+        return ops.assign(variable, variable - learning_rate * acc)
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    import ms_optim.lars as lars_mod
+    real_get = _backend.get_primitive
+    monkeypatch.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.GPU)
+    monkeypatch.setattr(lars_mod._backend, "get_primitive",
+                        lambda name: EmulatedFusedWeightScaleApplyMomentum
+                        if name == "FusedWeightScaleApplyMomentum" else real_get(name))
+
+
+GPU_CASES = {
+    "static": lambda ps: nn.Momentum(ps, 0.1, 0.9, weight_decay=1e-3),
+    "dynamic_lr_loss_scale": lambda ps: nn.Momentum(
+        ps, Tensor(np.linspace(0.1, 0.02, 8).astype(np.float32)), 0.9, weight_decay=1e-3,
+        loss_scale=16.0),
+    "groups": lambda ps: nn.Momentum([{"params": ps[:2], "lr": 0.05, "weight_decay": 0.0},
+                                      {"params": ps[2:]}], 0.1, 0.9, weight_decay=5e-3),
+}
+
+
+@pytest.mark.parametrize("use_clip", [False, True])
+@pytest.mark.parametrize("case", sorted(GPU_CASES))
+def test_gpu_path_equals_portable(fake_gpu, case, use_clip):
+    """GRAPH mode (the only mode resolve_backend selects it in): the fused GPU composition
+    (wd = lambda * loss_scale, scale = tau / loss_scale) equals the portable path."""
+    ms.set_context(mode=ms.GRAPH_MODE)
+    rng = np.random.default_rng(5)
+    arrays = {"a.weight": rng.standard_normal((4, 3)), "a.bias": rng.standard_normal((4,)),
+              "z.weight": np.zeros((3, 3)), "c.weight": rng.standard_normal((2, 2, 3, 3))}
+    bags = [Bag(arrays), Bag(arrays)]
+    opts = [GPU_CASES[case](b.trainable_params()) for b in bags]
+    fused = ms_optim.LARS(opts[0], coefficient=0.02, use_clip=use_clip)
+    assert fused.backend == "gpu"
+    import ms_optim.lars as lars_mod
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.PORTABLE)
+        portable = ms_optim.LARS(opts[1], coefficient=0.02, use_clip=use_clip)
+    scale = 16.0 if case == "dynamic_lr_loss_scale" else 1.0
+    for t in range(5):
+        grads = [rng.standard_normal(a.shape).astype(np.float32) * scale for a in arrays.values()]
+        if t == 2:
+            grads[1][0] = np.nan  # a skipped step on both paths
+        assert bool(fused(tuple(Tensor(g) for g in grads))) == (t != 2)
+        portable(tuple(Tensor(g) for g in grads))
+    for pa, pb in zip(bags[0].trainable_params(), bags[1].trainable_params()):
+        np.testing.assert_allclose(pa.asnumpy(), pb.asnumpy(), rtol=1e-5, atol=1e-7)
+    for ma, mb in zip(opts[0].moments, opts[1].moments):
+        np.testing.assert_allclose(ma.asnumpy(), mb.asnumpy(), rtol=1e-5, atol=1e-7)
+    assert int(fused.global_step.asnumpy()[0]) == 4 == int(portable.global_step.asnumpy()[0])
+    assert int(fused.nonfinite_steps.asnumpy()[0]) == 1
+
+
+def test_resolve_backend_gpu_rules():
+    prims = ("FusedWeightScaleApplyMomentum",)
+    assert _backend.resolve_backend("auto", (), "T", device_target="GPU", mode=ms.GRAPH_MODE,
+                                    gpu_primitives=prims) == "gpu"
+    assert _backend.resolve_backend("auto", (), "T", device_target="GPU", mode=ms.PYNATIVE_MODE,
+                                    gpu_primitives=prims) == "portable"
+    assert _backend.resolve_backend("auto", (), "T", device_target="GPU", mode=ms.GRAPH_MODE,
+                                    gpu_primitives=("NoSuchFusedKernel",)) == "portable"
+    assert _backend.resolve_backend("auto", (), "T", device_target="GPU",
+                                    mode=ms.GRAPH_MODE) == "portable"
+    with pytest.raises(ValueError, match="not 'GPU'"):
+        _backend.resolve_backend("gpu", (), "T", device_target="CPU", mode=ms.GRAPH_MODE,
+                                 gpu_primitives=prims)
+    with pytest.raises(ValueError, match="backend='gpu' is not offered"):
+        _backend.resolve_backend("gpu", (), "T", device_target="GPU", mode=ms.GRAPH_MODE)
+
+
+def test_lars_offers_gpu_only_for_a_fusable_momentum(monkeypatch):
+    import ms_optim.lars as lars_mod
+    seen = []
+    real = _backend.resolve_backend
+
+    def spy(*a, **k):
+        seen.append(k.get("gpu_primitives"))
+        return real(*a, **k)
+    monkeypatch.setattr(lars_mod._backend, "resolve_backend", spy)
+    bag = Bag({"w": np.ones((2, 2))})
+    ms_optim.LARS(nn.Momentum(bag.trainable_params(), 0.1, 0.9))
+    ms_optim.LARS(nn.Momentum(bag.trainable_params(), 0.1, 0.9, use_nesterov=True))
+    ms_optim.LARS(nn.SGD(bag.trainable_params(), 0.1))
+    assert seen == [("FusedWeightScaleApplyMomentum",), None, None]
