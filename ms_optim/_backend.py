@@ -93,7 +93,7 @@ def resolve_backend(backend, required_primitives, cls_name, device_target=None, 
 
     Raises:
         TypeError: If `backend` is not a str.
-        ValueError: If `backend` is not one of the three names, or ``"ascend"`` is requested
+        ValueError: If `backend` is not one of ``BACKENDS``, or ``"ascend"`` is requested
             where the fused path cannot run (not an Ascend device, not GRAPH mode, or a
             primitive missing), or ``"cpu"`` / ``"gpu"`` where it is not offered or cannot run.
     """
