@@ -13,6 +13,14 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path, dpi=110):
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def plot_large_batch(results, data_names, opt_names, path):
     """Test accuracy vs batch size, one line per optimizer (mean +- std), one panel per data set."""
     plt = _plt()
@@ -39,11 +47,7 @@ def plot_large_batch(results, data_names, opt_names, path):
         ax.set_title(f"{setup}, {rows[0]['epochs'] if rows else '?'} epochs at every batch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_thor_accuracy(curves, setups, target_of, path):
@@ -79,11 +83,7 @@ def plot_thor_accuracy(curves, setups, target_of, path):
         axes[0, j].legend(fontsize=7, loc="lower right")
     axes[0, 0].set_ylabel("test accuracy (%)")
     axes[1, 0].set_ylabel("test accuracy (%)")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def plot_lars_step(results, path):
@@ -112,8 +112,4 @@ def plot_lars_step(results, path):
         ax.set_title(f"ResNet-50 parameter set, {mode} (label: LARS(X) / X)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
