@@ -169,34 +169,37 @@ def test_float16_parameters_use_portable(caplog):
         ms_optim.LARS(nn.SGD(_params(dtype=np.float16), 0.1), backend="cpu")
 
 
-def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
-    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
-    monkeypatch.setattr(_cpu_kernels.shutil, "which", lambda name: None)
-    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
-    try:
-        with caplog.at_level(logging.WARNING, logger="ms_optim"):
-            lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
-        assert lars.backend == "portable"
-        assert "no C++ compiler found" in caplog.text
-        with pytest.raises(ValueError, match="no C\\+\\+ compiler found"):
-            ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9), backend="cpu")
-    finally:
-        monkeypatch.undo()
+@pytest.fixture
+def rebuild(monkeypatch):
+    """Returns a function that forgets the cached build result, to call after patching the
+    environment; on teardown the patches are undone and the real build is found again."""
+    def forget():
         _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    yield forget
+    monkeypatch.undo()
+    forget()
     assert _cpu_kernels.library() is not None
 
 
-def test_switch_off_by_environment(monkeypatch, caplog):
+def test_missing_compiler_falls_back(monkeypatch, rebuild, tmp_path, caplog):
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(_cpu_kernels.shutil, "which", lambda name: None)
+    rebuild()
+    with caplog.at_level(logging.WARNING, logger="ms_optim"):
+        lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
+    assert lars.backend == "portable"
+    assert "no C++ compiler found" in caplog.text
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler found"):
+        ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9), backend="cpu")
+
+
+def test_switch_off_by_environment(monkeypatch, rebuild, caplog):
     monkeypatch.setenv("MS_OPTIM_CPU_KERNELS", "0")
-    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
-    try:
-        with caplog.at_level(logging.WARNING, logger="ms_optim"):
-            lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
-        assert lars.backend == "portable"
-        assert "unavailable" not in caplog.text  # asked for: no warning
-    finally:
-        monkeypatch.undo()
-        _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    rebuild()
+    with caplog.at_level(logging.WARNING, logger="ms_optim"):
+        lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
+    assert lars.backend == "portable"
+    assert "unavailable" not in caplog.text  # asked for: no warning
 
 
 def test_build_into_fresh_cache_in_a_new_process(tmp_path):
@@ -258,33 +261,25 @@ def test_training_with_model_equals_portable():
     assert got == want
 
 
-def test_unwritable_home_cache_falls_back_to_temp(monkeypatch, tmp_path):
+def test_unwritable_home_cache_falls_back_to_temp(monkeypatch, rebuild, tmp_path):
     blocker = tmp_path / "home_is_a_file"
     blocker.write_text("")
     monkeypatch.delenv("MS_OPTIM_KERNEL_CACHE", raising=False)
     monkeypatch.setattr(_cpu_kernels.os.path, "expanduser", lambda p: str(blocker))
     monkeypatch.setattr(_cpu_kernels.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
-    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
-    try:
-        path = _cpu_kernels.library()
-        assert path is not None, _cpu_kernels.unavailable_reason()
-        assert path.startswith(str(tmp_path / "tmp")), path
-    finally:
-        monkeypatch.undo()
-        _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    rebuild()
+    path = _cpu_kernels.library()
+    assert path is not None, _cpu_kernels.unavailable_reason()
+    assert path.startswith(str(tmp_path / "tmp")), path
 
 
-def test_aot_white_list_elsewhere_falls_back(monkeypatch, tmp_path, caplog):
+def test_aot_white_list_elsewhere_falls_back(monkeypatch, rebuild, tmp_path, caplog):
     """MindSpore refuses AOT libraries outside MS_CUSTOM_AOT_WHITE_LIST: LARS must not fail."""
     allowed = tmp_path / "allowed"
     allowed.mkdir()
     monkeypatch.setenv("MS_CUSTOM_AOT_WHITE_LIST", str(allowed))
-    _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
-    try:
-        with caplog.at_level(logging.WARNING, logger="ms_optim"):
-            lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
-        assert lars.backend == "portable"
-        assert "refused" in caplog.text
-    finally:
-        monkeypatch.undo()
-        _cpu_kernels._build.cache_clear()  # pylint: disable=protected-access
+    rebuild()
+    with caplog.at_level(logging.WARNING, logger="ms_optim"):
+        lars = ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9))
+    assert lars.backend == "portable"
+    assert "refused" in caplog.text
