@@ -58,10 +58,12 @@ def check_gradients(opt, gradients, square_sums=None, known=None):
     when some gradient is not finite. `square_sums` (optional): a float32 vector already
     computed by the caller, :math:`\sum g_i^2` where ``known[i]`` (0 elsewhere); those
     gradients are judged by it (NaN/Inf, or a float32 overflow of the sum of squares) and not
-    read again.
+    read again. `known` ``None`` with `square_sums`: every gradient's sum is in it.
     """
     if square_sums is None:
         bad = ops.stack(opt.hyper_map(_bad, gradients))
+    elif known is None:
+        bad = ops.cast(ops.logical_not(ops.isfinite(square_sums)), ms.int32)
     else:
         bad = ops.maximum(ops.stack(opt.hyper_map(_bad, known, gradients)),
                           ops.cast(ops.logical_not(ops.isfinite(square_sums)), ms.int32))

@@ -435,7 +435,6 @@ class LARS(nn.Optimizer):
         if self.backend == _backend.CPU:
             self._square_sums = _cpu_kernels.square_sums_op(2 * len(params))
             self._adapt_mask = Tensor(np.array(lars_flags, np.bool_))
-            self._all_known = tuple(True for _ in params)
             self._fused_momentum = _momentum_fusable(optimizer)
             if self._fused_momentum:
                 self._lars_momentum = _cpu_kernels.lars_momentum_op()
@@ -557,7 +556,7 @@ class LARS(nn.Optimizer):
         squares = self._square_sums(*self._parameters, *gradients)
         n = len(self._parameters)
         g_all = squares[n:]
-        finite = check_gradients(self, gradients, g_all, self._all_known)
+        finite = check_gradients(self, gradients, g_all)
         zero = ops.zeros_like(g_all)
         w_sq = ops.select(self._adapt_mask, squares[:n], zero)
         g_sq = ops.select(self._adapt_mask, g_all, zero)
