@@ -10,7 +10,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 from mindspore.ops import composite as C
 
-from . import _backend, _cpu_kernels
+from . import _backend, _cpu_kernels, _lars_kernels
 from ._nonfinite import add_nonfinite_state, check_gradients
 from ._validation import (check_bool, check_callable, check_float, check_non_negative)
 from .ops.trust_ratio import apply_scales, lars_scales, square_sum
@@ -119,9 +119,6 @@ def _momentum_fusable(optimizer):
     return (type(optimizer) is nn.Momentum  # pylint: disable=unidiomatic-typecheck
             and not optimizer.use_nesterov
             and not any(getattr(optimizer, "grad_centralization_flags", ())))
-
-
-_GPU_PRIMITIVES = ("FusedWeightScaleApplyMomentum",)
 
 
 def _cpu_unusable(params):
@@ -321,6 +318,12 @@ class LARS(nn.Optimizer):
         backend (str): keyword-only; ``"auto"``, ``"ascend"``, ``"cpu"``, ``"gpu"`` or
             ``"portable"``.
             Default: ``"auto"`` .
+        kernels (object): keyword-only; the kernel set of a fused path (an
+            ``AscendLarsKernels``, ``GpuLarsKernels`` or ``CpuLarsKernels`` of the module
+            ``ms_optim._lars_kernels``, whose docstring gives each operator's contract), used
+            instead of the one `backend` picks and without its device checks: for running a
+            fused path with operators of one's own (the package's tests run the Ascend and GPU
+            paths on CPU this way). ``None``: the set of the resolved backend. Default: ``None`` .
 
     Inputs:
         - **gradients** (tuple[Tensor]) - The gradients of the wrapped optimizer's parameters,
@@ -340,6 +343,10 @@ class LARS(nn.Optimizer):
             rates and a dynamic learning rate.
         ValueError: If `backend` is not one of the five names, or ``"ascend"``, ``"cpu"`` or
             ``"gpu"`` cannot be used.
+        TypeError: If `kernels` is not ``None`` or a kernel set.
+        ValueError: If `kernels` serves another backend than a `backend` other than ``"auto"``,
+            or cannot serve `optimizer` (the GPU set: a plain ``nn.Momentum`` only; the GPU and
+            CPU sets: float32 parameters only).
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -361,7 +368,7 @@ class LARS(nn.Optimizer):
     """
 
     def __init__(self, optimizer, epsilon=1e-05, coefficient=0.001, use_clip=False,
-                 lars_filter=_upstream_default_filter, *, backend="auto"):
+                 lars_filter=_upstream_default_filter, *, backend="auto", kernels=None):
         # ---- validate everything before touching anything ----
         if not isinstance(optimizer, nn.Optimizer):
             raise TypeError(f"For 'LARS', the argument 'optimizer' must be a mindspore.nn.Optimizer, "
@@ -390,10 +397,16 @@ class LARS(nn.Optimizer):
         except TypeError as err:
             raise TypeError("For 'LARS', the argument 'lars_filter' must be callable as "
                             f"lars_filter(param) -> bool, but calling it failed: {err}") from err
-        fusable = _momentum_fusable(optimizer) and all(p.dtype == ms.float32 for p in params)
-        self.backend = _backend.resolve_backend(backend, ("LARSUpdate", "SquareSumAll"), "LARS",
-                                                cpu_kernels=lambda: _cpu_unusable(params),
-                                                gpu_primitives=_GPU_PRIMITIVES if fusable else None)
+        float32 = all(p.dtype == ms.float32 for p in params)
+        gpu_usable = _momentum_fusable(optimizer) and float32
+        if kernels is None:
+            self.backend = _backend.resolve_backend(
+                backend, _lars_kernels.AscendLarsKernels.primitives, "LARS",
+                cpu_kernels=lambda: _cpu_unusable(params),
+                gpu_primitives=_lars_kernels.GpuLarsKernels.primitives if gpu_usable else None)
+            kernels = _lars_kernels.default_kernels(self.backend)
+        else:  # the caller vouches for the device: only what LARS itself needs is checked
+            self.backend = _lars_kernels.check_kernels(kernels, backend, gpu_usable, float32)
 
         # ---- build ----
         super().__init__(0.0, list(params))
@@ -427,17 +440,19 @@ class LARS(nn.Optimizer):
         self.loss_scale = optimizer.loss_scale
         self.reciprocal_scale = Tensor(1.0 / optimizer.loss_scale, ms.float32)
         self.need_scale = optimizer.loss_scale != 1.0
+        # The kernel set (ms_optim._lars_kernels; None on the portable path), kept unregistered.
+        object.__setattr__(self, "kernels", kernels)
         if self.backend == _backend.ASCEND:
-            self._lars_update = _backend.get_primitive("LARSUpdate")(epsilon, coefficient, use_clip)
-            self._square_sum_all = _backend.get_primitive("SquareSumAll")()
+            self._lars_update = kernels.lars_update(epsilon, coefficient, use_clip)
+            self._square_sum_all = kernels.square_sum_all()
         if self.backend == _backend.GPU:  # offered only for a fusable nn.Momentum
-            self._gpu_momentum = _backend.get_primitive(_GPU_PRIMITIVES[0])()
+            self._gpu_momentum = kernels.fused_momentum()
         if self.backend == _backend.CPU:
-            self._square_sums = _cpu_kernels.square_sums_op(2 * len(params))
+            self._square_sums = kernels.square_sums(2 * len(params))
             self._adapt_mask = Tensor(np.array(lars_flags, np.bool_))
             self._fused_momentum = _momentum_fusable(optimizer)
             if self._fused_momentum:
-                self._lars_momentum = _cpu_kernels.lars_momentum_op()
+                self._lars_momentum = kernels.lars_momentum()
         # What the portable graph is specialised on, known when it is built: which parameters
         # are decayed (b*w is left out elsewhere) and which need a*g (adapted or loss-scaled).
         self._decays = tuple(bool(self.exec_weight_decay and f) for f in self.decay_flags)

@@ -15,6 +15,9 @@ from mindspore import Parameter, Tensor, nn, ops
 
 import ms_optim
 from ms_optim import _backend
+from ms_optim._lars_kernels import AscendLarsKernels, CpuLarsKernels, GpuLarsKernels
+
+import kernel_standins
 
 
 def test_resolve_portable_on_cpu():
@@ -64,31 +67,9 @@ def test_get_primitive_missing():
         _backend.get_primitive("NoSuchFusedKernel")
 
 
-class EmulatedLARSUpdate(nn.Cell):
-    """The Ascend LARSUpdate contract: inputs (w, g, sum w^2, sum g^2, wd, lr), attributes
-    (epsilon, hyperpara, use_clip); trust = hyperpara*||w||/(||g|| + wd*||w|| + eps), optionally
-    clamp(trust/lr, 0, 1) (min then max); returns trust*(g + wd*w). No zero-norm guard."""
-
-    def __init__(self, epsilon=1e-05, hyperpara=0.001, use_clip=False):
-        super().__init__()
-        self.epsilon, self.hyperpara, self.use_clip = epsilon, hyperpara, use_clip
-
-    def construct(self, w, g, w_sq, g_sq, wd, lr):
-        w_norm, g_norm = ops.sqrt(w_sq), ops.sqrt(g_sq)
-        trust = self.hyperpara * w_norm / (g_norm + wd * w_norm + self.epsilon)
-        if self.use_clip:
-            trust = ops.maximum(ops.minimum(trust / lr, 1.0), 0.0)
-        return trust * (g + wd * w)
-
-
-@pytest.fixture
-def fake_ascend(monkeypatch):
-    """Make LARS resolve to the fused path with the emulated kernel (SquareSumAll is real)."""
-    import ms_optim.lars as lars_mod
-    real_get = _backend.get_primitive
-    monkeypatch.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.ASCEND)
-    monkeypatch.setattr(lars_mod._backend, "get_primitive",
-                        lambda name: EmulatedLARSUpdate if name == "LARSUpdate" else real_get(name))
+def emulated_ascend():
+    """The fused Ascend path's kernel set with the emulated LARSUpdate (SquareSumAll is real)."""
+    return AscendLarsKernels(lars_update=kernel_standins.EmulatedLARSUpdate)
 
 
 class Bag(nn.Cell):
@@ -100,7 +81,7 @@ class Bag(nn.Cell):
 
 @pytest.mark.parametrize("use_clip, epsilon, wd", [(False, 1e-5, 0.0), (True, 0.0, 0.01),
                                                    (False, 0.0, 0.05), (True, 1e-5, 0.0)])
-def test_fused_path_equals_portable(fake_ascend, use_clip, epsilon, wd):
+def test_fused_path_equals_portable(use_clip, epsilon, wd):
     """Same inputs, same steps: fused composition == portable path (params and moments).
 
     GRAPH mode only: resolve_backend selects the fused path only there."""
@@ -111,12 +92,11 @@ def test_fused_path_equals_portable(fake_ascend, use_clip, epsilon, wd):
     bags = [Bag(arrays), Bag(arrays)]
     lr = Tensor(np.array([0.1, 0.0, 0.05, 0.05], np.float32))  # includes lr = 0 (clip edge)
     opts = [nn.Momentum(b.trainable_params(), lr, 0.9, weight_decay=wd) for b in bags]
-    fused = ms_optim.LARS(opts[0], epsilon=epsilon, coefficient=0.02, use_clip=use_clip)
+    fused = ms_optim.LARS(opts[0], epsilon=epsilon, coefficient=0.02, use_clip=use_clip,
+                          kernels=emulated_ascend())
     assert fused.backend == "ascend"
-    import ms_optim.lars as lars_mod
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.PORTABLE)
-        portable = ms_optim.LARS(opts[1], epsilon=epsilon, coefficient=0.02, use_clip=use_clip)
+    portable = ms_optim.LARS(opts[1], epsilon=epsilon, coefficient=0.02, use_clip=use_clip,
+                             backend="portable")
     assert portable.backend == "portable"
     for t in range(4):
         grads = [rng.standard_normal(a.shape).astype(np.float32) for a in arrays.values()]
@@ -135,29 +115,6 @@ def test_fused_path_equals_portable(fake_ascend, use_clip, epsilon, wd):
 # ------------------------------------------------------------------------------------------
 # The GPU path: FusedWeightScaleApplyMomentum (GPU-only primitive), emulated on CPU
 # ------------------------------------------------------------------------------------------
-class EmulatedFusedWeightScaleApplyMomentum(nn.Cell):
-    """The contract of MindSpore's CUDA kernel FusedWeightDecayScaleMomentum (inputs
-    weight_decay, scale, variable, accumulation, learning_rate, gradient, momentum):
-    grad = (variable * weight_decay + gradient) * scale; accumulation = momentum * accumulation
-    + grad; variable -= learning_rate * accumulation (in place); returns variable."""
-
-    def construct(self, weight_decay, scale, variable, accumulation, learning_rate, gradient,
-                  momentum):
-        grad = (variable * weight_decay + gradient) * scale
-        acc = ops.assign(accumulation, momentum * accumulation + grad)
-        return ops.assign(variable, variable - learning_rate * acc)
-
-
-@pytest.fixture
-def fake_gpu(monkeypatch):
-    import ms_optim.lars as lars_mod
-    real_get = _backend.get_primitive
-    monkeypatch.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.GPU)
-    monkeypatch.setattr(lars_mod._backend, "get_primitive",
-                        lambda name: EmulatedFusedWeightScaleApplyMomentum
-                        if name == "FusedWeightScaleApplyMomentum" else real_get(name))
-
-
 GPU_CASES = {
     "static": lambda ps: nn.Momentum(ps, 0.1, 0.9, weight_decay=1e-3),
     "dynamic_lr_loss_scale": lambda ps: nn.Momentum(
@@ -170,7 +127,7 @@ GPU_CASES = {
 
 @pytest.mark.parametrize("use_clip", [False, True])
 @pytest.mark.parametrize("case", sorted(GPU_CASES))
-def test_gpu_path_equals_portable(fake_gpu, case, use_clip):
+def test_gpu_path_equals_portable(case, use_clip):
     """GRAPH mode (the only mode resolve_backend selects it in): the fused GPU composition
     (wd = lambda * loss_scale, scale = tau / loss_scale) equals the portable path."""
     ms.set_context(mode=ms.GRAPH_MODE)
@@ -179,12 +136,10 @@ def test_gpu_path_equals_portable(fake_gpu, case, use_clip):
               "z.weight": np.zeros((3, 3)), "c.weight": rng.standard_normal((2, 2, 3, 3))}
     bags = [Bag(arrays), Bag(arrays)]
     opts = [GPU_CASES[case](b.trainable_params()) for b in bags]
-    fused = ms_optim.LARS(opts[0], coefficient=0.02, use_clip=use_clip)
+    fused = ms_optim.LARS(opts[0], coefficient=0.02, use_clip=use_clip, kernels=GpuLarsKernels(
+        fused_momentum=kernel_standins.EmulatedFusedWeightScaleApplyMomentum))
     assert fused.backend == "gpu"
-    import ms_optim.lars as lars_mod
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(lars_mod._backend, "resolve_backend", lambda *a, **k: _backend.PORTABLE)
-        portable = ms_optim.LARS(opts[1], coefficient=0.02, use_clip=use_clip)
+    portable = ms_optim.LARS(opts[1], coefficient=0.02, use_clip=use_clip, backend="portable")
     scale = 16.0 if case == "dynamic_lr_loss_scale" else 1.0
     for t in range(5):
         grads = [rng.standard_normal(a.shape).astype(np.float32) * scale for a in arrays.values()]
@@ -217,17 +172,29 @@ def test_resolve_backend_gpu_rules():
         _backend.resolve_backend("gpu", (), "T", device_target="GPU", mode=ms.GRAPH_MODE)
 
 
-def test_lars_offers_gpu_only_for_a_fusable_momentum(monkeypatch):
-    import ms_optim.lars as lars_mod
-    seen = []
-    real = _backend.resolve_backend
+def _params(dtype=np.float32):
+    return [Parameter(Tensor(np.ones((2, 2), dtype)), name="w")]
 
-    def spy(*a, **k):
-        seen.append(k.get("gpu_primitives"))
-        return real(*a, **k)
-    monkeypatch.setattr(lars_mod._backend, "resolve_backend", spy)
-    bag = Bag({"w": np.ones((2, 2))})
-    ms_optim.LARS(nn.Momentum(bag.trainable_params(), 0.1, 0.9))
-    ms_optim.LARS(nn.Momentum(bag.trainable_params(), 0.1, 0.9, use_nesterov=True))
-    ms_optim.LARS(nn.SGD(bag.trainable_params(), 0.1))
-    assert seen == [("FusedWeightScaleApplyMomentum",), None, None]
+
+def test_gpu_kernels_only_for_a_plain_float32_momentum():
+    """The condition under which backend="auto" offers "gpu" is the one an injected GPU set is
+    checked against (one boolean in LARS.__init__)."""
+    gpu = GpuLarsKernels(fused_momentum=kernel_standins.EmulatedFusedWeightScaleApplyMomentum)
+    assert ms_optim.LARS(nn.Momentum(_params(), 0.1, 0.9), kernels=gpu).backend == "gpu"
+    for opt in (nn.Momentum(_params(), 0.1, 0.9, use_nesterov=True), nn.SGD(_params(), 0.1),
+                nn.Momentum(_params(np.float16), 0.1, 0.9)):
+        with pytest.raises(ValueError, match=r"'kernels' \(GpuLarsKernels\) needs a wrapped plain"):
+            ms_optim.LARS(opt, kernels=gpu)
+
+
+def test_injected_kernels_are_checked_before_anything_changes():
+    opt = nn.Momentum(_params(), 0.1, 0.9, weight_decay=0.01)
+    with pytest.raises(TypeError, match="'kernels' must be an AscendLarsKernels"):
+        ms_optim.LARS(opt, kernels=kernel_standins.EmulatedLARSUpdate)
+    with pytest.raises(ValueError, match="'kernels' serves backend 'ascend', but the argument "
+                                         "'backend' is 'portable'"):
+        ms_optim.LARS(opt, backend="portable", kernels=emulated_ascend())
+    with pytest.raises(ValueError, match=r"'kernels' \(CpuLarsKernels\) takes float32"):
+        ms_optim.LARS(nn.SGD(_params(np.float16), 0.1), kernels=CpuLarsKernels())
+    assert opt.exec_weight_decay  # the failed calls left the optimizer as it was
+    assert ms_optim.LARS(opt, backend="ascend", kernels=emulated_ascend()).backend == "ascend"
