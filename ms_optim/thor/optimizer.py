@@ -168,6 +168,11 @@ class ThorOptimizer(nn.Optimizer):
         self.momentum = Parameter(Tensor(momentum, ms.float32), name="momentum")
         self.moments = self._parameters.clone(prefix="moments", init="zeros")
         self.use_nesterov = use_nesterov
+        # per parameter: the momentum step as one ApplyMomentum kernel (not for Nesterov, which
+        # MindSpore's CPU kernel ignores; not for float16 parameters, whose update runs in float32)
+        self._apply_momentum = ops.ApplyMomentum()
+        self._fused_momentum = tuple(not use_nesterov and p.dtype == ms.float32
+                                     for p in self._parameters)
         self.weight_decay_value = float(weight_decay)
         self.decay_flags = tuple(bool(decay_filter(p)) for p in self._parameters)
         self.enable_clip_grad = enable_clip_grad
@@ -462,9 +467,12 @@ class ThorOptimizer(nn.Optimizer):
             precond = self.hyper_map(ops.partial(_scale_precond, nu), self._is_preconditioned,
                                      precond)
         updated = self.hyper_map(
-            ops.partial(_thor_update, finite, lr, self.momentum, self.weight_decay_value,
-                        self.use_nesterov, self.enable_clip_grad),
-            self.decay_flags, self._parameters, self.moments, precond)
+            ops.partial(_thor_update, finite, lr, self.momentum,
+                        (ops.where(finite, lr, ops.zeros_like(lr)),
+                         ops.where(finite, self.momentum, ops.ones_like(self.momentum))),
+                        self.weight_decay_value,
+                        self.use_nesterov, self.enable_clip_grad, self._apply_momentum),
+            self.decay_flags, self._fused_momentum, self._parameters, self.moments, precond)
         success = ops.depend(success, updated)
         # a skipped step does not advance the step (as a loss-scale cell's overflow skip)
         success = ops.depend(success, ops.assign_add(
@@ -653,16 +661,27 @@ def _scale_precond_param(nu, flag, precond):
 _thor_update = ops.MultitypeFuncGraph("thor_update")
 
 
-@_thor_update.register("Tensor", "Tensor", "Tensor", "Number", "Bool", "Bool", "Bool", "Tensor",
-                       "Tensor", "Tensor")
-def _thor_update_param(finite, lr, momentum, weight_decay, use_nesterov, clip, decay, param, moment,
-                       grad):
+@_thor_update.register("Tensor", "Tensor", "Tensor", "Tuple", "Number", "Bool", "Bool", "Function",
+                       "Bool", "Bool", "Tensor", "Tensor", "Tensor")
+def _thor_update_param(finite, lr, momentum, skip_or_step, weight_decay, use_nesterov, clip,
+                       apply_momentum, decay, fused, param, moment, grad):
     """Weight decay, clipping and the momentum step of one (preconditioned) gradient; nothing
-    is written where ``finite`` is False."""
+    is written where ``finite`` is False.
+
+    ``fused`` (float32 parameter, no Nesterov): MindSpore's ``ApplyMomentum`` computes
+    :func:`ms_optim.ops.kfac.momentum_step` in place, :math:`v \\leftarrow \\mu v + g`,
+    :math:`w \\leftarrow w - lr\\,v`, in the same float32 operations (one kernel instead of a
+    chain of element-wise ones); a skipped step applies it with :math:`g = 0`, :math:`\\mu = 1`,
+    :math:`lr = 0`, which leaves both unchanged (``skip_or_step``: that :math:`(lr, \\mu)` pair,
+    formed once per step)."""
     if weight_decay > 0 and decay:
         grad = grad + weight_decay * param
     if clip:
         grad = ops.clip_by_norm(grad, CLIP_NORM)
+    if fused:
+        grad = ops.where(finite, grad, ops.zeros_like(grad))
+        return ops.depend(True, apply_momentum(param, moment, skip_or_step[0], grad,
+                                               skip_or_step[1]))
     w_new, v_new = kfac.momentum_step(ops.cast(param, ms.float32), ops.cast(moment, ms.float32),
                                       grad, lr, momentum, use_nesterov)
     v_new = ops.where(finite, ops.cast(v_new, moment.dtype), moment)
