@@ -274,3 +274,52 @@ def test_numpy_learning_rate_equals_tensor(mode):
         nets.append(net)
     for a, b in zip(nets[0].trainable_params(), nets[1].trainable_params()):
         np.testing.assert_array_equal(a.asnumpy(), b.asnumpy())
+
+
+class _Scaled(nn.Cell):
+    """A user layer: y = x W^T * 2."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = Parameter(Tensor(np.ones((2, 3), np.float32)), name="weight")
+
+    def construct(self, x):
+        return ms.ops.matmul(x, self.weight.T) * 2
+
+
+class _NotAThorLayer(nn.Cell):
+    def __init__(self, cell):
+        super().__init__()
+        self.weight = cell.weight
+
+    def construct(self, x):
+        return ms.ops.matmul(x, self.weight.T)
+
+
+def test_registered_layer_is_preconditioned_or_rejected():
+    """A converter must return a layer the optimizer has a rule for: another cell is refused
+    (TypeError naming the converter's layer) before the network changes; a DenseThor is
+    preconditioned (its inverses are refreshed)."""
+    import ms_optim
+    from ms_optim.thor.convert import THOR_LAYER_MAP
+    try:
+        ms_optim.register_thor_layer(_Scaled, _NotAThorLayer)
+        net = nn.SequentialCell([_Scaled(), nn.Dense(2, 2)])
+        before, struct = H.snapshot(net), H.structure(net)
+        with pytest.raises(TypeError, match="converter of _Scaled returned _NotAThorLayer for '0'"):
+            thor(net, LR, DAMP, 0.9)
+        assert H.structure(net) == struct and H.snapshot(net).keys() == before.keys()
+        with pytest.raises(TypeError, match="cannot precondition"):
+            ConvertNetUtils().convert_to_thor_net(net)
+        assert H.structure(net) == struct
+
+        def as_dense(cell):
+            new = DenseThor(3, 2, has_bias=False)
+            new.weight = cell.weight
+            return new
+        ms_optim.register_thor_layer(_Scaled, as_dense)
+        net = nn.SequentialCell([_Scaled(), nn.Dense(2, 2)])
+        opt = thor(net, LR, DAMP, 0.9, frequency=2)
+        assert opt.n_layers == 2
+    finally:
+        THOR_LAYER_MAP.pop(_Scaled, None)

@@ -175,7 +175,12 @@ def register_thor_layer(layer_cls, converter):
     Args:
         layer_cls (type): a :class:`mindspore.nn.Cell` subclass.
         converter (Callable): ``converter(cell) -> Cell | str``: the THOR layer replacing `cell`
-            (reusing its Parameters), or the reason it stays unconverted (logged).
+            (reusing its Parameters; a :class:`DenseThor`, :class:`Conv2dThor`,
+            :class:`EmbeddingThor` or :class:`EmbeddingLookupThor`, the layers whose statistics
+            the optimizer preconditions), or the reason it stays unconverted (logged). A
+            converter that returns another cell makes :func:`ms_optim.thor` and
+            :meth:`ConvertNetUtils.convert_to_thor_net` raise ``TypeError`` before they change
+            the network (it would be converted and never preconditioned).
 
     Raises:
         TypeError: If `layer_cls` is not a Cell subclass or `converter` is not callable.
@@ -276,6 +281,13 @@ class ConvertNetUtils:
         new = conv(sub)
         if isinstance(new, str):
             return None, new
+        if not isinstance(new, THOR_LAYERS):
+            # THOR would convert it and then never precondition it: refuse before any change
+            raise TypeError(f"For 'register_thor_layer', the converter of {type(sub).__name__} "
+                            f"returned {type(new).__name__} for '{full}', which THOR cannot "
+                            "precondition: a converter must return a DenseThor, Conv2dThor, "
+                            "EmbeddingThor or EmbeddingLookupThor (whose statistics the optimizer "
+                            "has a rule for), or a str giving why the layer stays unconverted.")
         return new, None
 
     def plan(self, net):
@@ -309,6 +321,8 @@ class ConvertNetUtils:
 
         Raises:
             TypeError: If `net` is not a Cell.
+            TypeError: If a converter registered with :func:`register_thor_layer` returns a cell
+                that is not a THOR layer (raised before `net` is changed).
         """
         if not isinstance(net, nn.Cell):
             raise TypeError("For 'convert_to_thor_net', the argument 'net' must be Cell, "

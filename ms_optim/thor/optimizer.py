@@ -850,6 +850,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `backend` is not a str.
         ValueError: If `net` has no trainable parameter, or `backend` is invalid.
         ValueError: If `net` is itself a layer that THOR converts (e.g. a bare ``nn.Dense``).
+        TypeError: If a converter registered with :func:`register_thor_layer` returns a cell that
+            is not a THOR layer (it would never be preconditioned).
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
