@@ -139,6 +139,38 @@ def test_kron_precondition(mode, shape):
     np.testing.assert_allclose(got, ref, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("groups,d_in,d_out", [(3, 5, 2), (2, 140, 130)])
+def test_grouped_statistics_inverses_precondition(mode, groups, d_in, d_out):
+    """groups > 1: the blocks of every group's own A^(j), G^(j) (group-major), their damped
+    inverses, and G^(j)^-1 dW^(j) A^(j)^-1 / T per group, against float64 per-group NumPy."""
+    rng = np.random.default_rng(groups * d_in)
+    rows, t, n, delta = 600, 4, 150, 0.5  # rows > d: well-conditioned factors
+    p = rng.standard_normal((rows, groups * d_in))
+    dout = rng.standard_normal((rows, groups * d_out)) / np.sqrt(n * rows / t)  # G of order 1
+    grad = rng.standard_normal((groups * d_out, d_in))
+
+    def fn(pp, dd, gr, dl):
+        a_b = kfac.input_covariance_blocks(pp, groups=groups)
+        g_b = kfac.output_grad_covariance_blocks(dd, n, t, groups=groups)
+        a_inv = kfac.damped_inverse_of_blocks(a_b, d_in, dl)
+        g_inv = kfac.damped_inverse_of_blocks(g_b, d_out, dl)
+        return a_b, g_b, kfac.kron_precondition(g_inv, gr, a_inv, t, groups)
+    a_b, g_b, got = _Fn(fn)(Tensor(p.astype(np.float32)), Tensor(dout.astype(np.float32)),
+                            Tensor(grad.astype(np.float32)), Tensor(np.float32(delta)))
+    want_a, want_g, want = [], [], []
+    for j in range(groups):
+        a, g = thor_ref.factors(p[:, j * d_in:(j + 1) * d_in], dout[:, j * d_out:(j + 1) * d_out],
+                                n, t)
+        want_a.append(thor_ref.diag_blocks(a))
+        want_g.append(thor_ref.diag_blocks(g))
+        want.append(thor_ref.precondition(thor_ref.block_diag_inverse(g, delta),
+                                          grad[j * d_out:(j + 1) * d_out],
+                                          thor_ref.block_diag_inverse(a, delta), t))
+    np.testing.assert_allclose(a_b.asnumpy(), np.concatenate(want_a), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(g_b.asnumpy(), np.concatenate(want_g), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got.asnumpy(), np.concatenate(want), rtol=1e-3, atol=1e-5)
+
+
 def test_one_sample_dense_equals_kron_solve(mode):
     """N = 1 Dense: A (x) G is the exact Fisher block; THOR = solve(kron(A+dI, G+dI), vec g)."""
     rng = np.random.default_rng(2)

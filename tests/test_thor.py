@@ -45,6 +45,26 @@ def test_matches_numpy_reference(mode, kind):
     assert not opt.thor_fault_count.asnumpy().any()
 
 
+@pytest.mark.parametrize("extra", [{}, {"kl_clip": 1e-3, "factor_decay": 0.5}])
+def test_grouped_and_depthwise_conv_match_reference(mode, extra):
+    """Grouped (2 groups) and depthwise (channel multiplier 2) convolutions: one Kronecker pair
+    per group, against the float64 reference (which treats each group as a conv of its own)."""
+    rng = np.random.default_rng(11)
+    spec = H.grouped_conv_spec(rng)
+    data = H.batches(rng, STEPS, 3, (4, 7, 6))
+    lr, damping = [0.1], [0.2, 0.1, 0.05]
+    net, opt, losses = _train(spec, data, lr, damping, weight_decay=1e-3, **extra)
+    assert opt.n_layers == 3
+    assert net[0].matrix_a.shape == (2, 18, 18) and net[0].matrix_g.shape == (2, 3, 3)
+    assert net[2].matrix_a.shape == (6, 6, 6) and net[2].matrix_g.shape == (6, 2, 2)
+    ref_layers, ref_losses = thor_ref.run_thor(spec, data, lr, damping, 0.9, FREQ,
+                                               weight_decay=1e-3, **extra)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+    for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=RTOL, atol=1e-5, err_msg=got.name)
+    assert not opt.thor_fault_count.asnumpy().any()
+
+
 def test_multi_block_statistics_match_reference(mode):
     """Widths 140 and 130 > 128: every factor is two diagonal blocks, collected as blocks only."""
     rng = np.random.default_rng(8)

@@ -107,14 +107,16 @@ def test_conversion_keeps_outputs(mode):
                   has_bias=True, bias_init="ones"),
         nn.Conv2d(3, 3, 3, pad_mode="same", has_bias=True, bias_init="ones"),
         nn.Conv2d(3, 4, 2, pad_mode="valid", group=1),
-        nn.Conv2d(4, 4, 3, pad_mode="same", group=2),   # grouped: left unconverted
+        nn.Conv2d(4, 4, 3, pad_mode="same", group=2),   # grouped: one factor pair per group
+        nn.Conv2d(4, 8, 3, pad_mode="same", group=4),   # depthwise, channel multiplier 2
         nn.Flatten(),
-        nn.Dense(4 * 3 * 7, 5, activation=nn.LeakyReLU(0.3), bias_init="ones"),
+        nn.Dense(8 * 3 * 7, 5, activation=nn.LeakyReLU(0.3), bias_init="ones"),
     ])
     x = Tensor(np.random.randn(2, 2, 9, 7).astype(np.float32))
     _outputs_identical(net, x)
     kinds = [type(c).__name__ for c in net]
-    assert kinds == ["Conv2dThor", "Conv2dThor", "Conv2dThor", "Conv2d", "Flatten", "DenseThor"]
+    assert kinds == ["Conv2dThor"] * 5 + ["Flatten", "DenseThor"]
+    assert (net[3].group, net[4].group) == (2, 4)
     assert tuple(net[0].dilation)[-2:] == (1, 2) and tuple(net[0].kernel_size) == (3, 2)
     assert float(net[0].bias.asnumpy().min()) == 1.0
 
@@ -156,8 +158,11 @@ def test_bare_parameter_and_embedding_train(mode):
 def test_layers_standalone():
     layer = Conv2dThor(2, 4, (3, 1), pad_mode="valid")
     assert layer(Tensor(np.ones((1, 2, 5, 5), np.float32))).shape == (1, 4, 3, 5)
-    with pytest.raises(ValueError, match="group"):
-        Conv2dThor(2, 4, 3, group=2)
+    grouped = Conv2dThor(4, 6, 3, group=2)  # per group: d_in = 2*3*3 = 18, d_out = 3
+    assert grouped(Tensor(np.ones((1, 4, 5, 5), np.float32))).shape == (1, 6, 5, 5)
+    assert grouped.matrix_a.shape == (2, 18, 18) and grouped.matrix_g.shape == (2, 3, 3)
+    with pytest.raises(ValueError):
+        Conv2dThor(4, 6, 3, group=4)  # 6 output channels cannot form 4 groups (nn.Conv2d's check)
     assert DenseThor(3, 2)(Tensor(np.ones((2, 5, 3), np.float32))).shape == (2, 5, 2)
 
 
@@ -237,21 +242,24 @@ def test_train_step_cell_rejects_non_thor_optimizer(bad_opt):
 
 
 def test_plan_is_the_conversion_decision(caplog):
-    """Layers a converter refuses (grouped conv) are neither counted for split_indices nor for the
-    'nothing converted' warning; the conversion table says why."""
+    """Layers a converter refuses (an EmbeddingLookup with max_norm) are neither counted for
+    split_indices nor for the 'nothing converted' warning; the conversion table says why."""
+    def lookup():
+        return nn.EmbeddingLookup(7, 4, target="CPU", max_norm=1.0)
+
     def net():
-        return nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2), nn.Flatten(), nn.Dense(4 * 64, 3)])
+        return nn.SequentialCell([lookup(), nn.Flatten(), nn.Dense(4 * 3, 3)])
     assert ConvertNetUtils().plan(net()) == ["2"]
     with pytest.raises(ValueError, match="split_indices"):
         thor(net(), LR, DAMP, 0.9, split_indices=[0, 1])
-    only_grouped = nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2)])
+    only_refused = nn.SequentialCell([lookup()])
     with caplog.at_level("WARNING", logger="ms_optim"):
-        thor(only_grouped, LR, DAMP, 0.9)
+        thor(only_refused, LR, DAMP, 0.9)
     assert "no layer THOR can precondition" in caplog.text
     conv = ConvertNetUtils()
     conv.convert_to_thor_net(net())
     rows = conv.table().splitlines()[2:]
-    assert rows[0].split()[:3] == ["0", "Conv2d", "no"] and "grouped" in rows[0]
+    assert rows[0].split()[:3] == ["0", "EmbeddingLookup", "no"] and "max_norm" in rows[0]
     assert rows[1].split()[:3] == ["2", "Dense", "yes"]
 
 

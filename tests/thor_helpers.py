@@ -26,6 +26,25 @@ def conv_spec(rng):
     ]
 
 
+def grouped_conv_spec(rng):
+    """A grouped conv (4 -> 6 channels, 2 groups) and a depthwise conv with channel multiplier
+    2 (6 -> 12, 6 groups: each G^(j) is 2x2), spatial size kept (7x6), then a Dense of width
+    12*7*6 = 504 (four diagonal blocks of A)."""
+    return [
+        {"kind": "conv", "w": rng.standard_normal((6, 2, 3, 3)) * 0.3,
+         "b": rng.standard_normal(6) * 0.1, "stride": (1, 1), "pad": (1, 1, 1, 1),
+         "dilation": (1, 1), "groups": 2},
+        {"kind": "relu"},
+        {"kind": "conv", "w": rng.standard_normal((12, 1, 3, 2)) * 0.4,
+         "b": rng.standard_normal(12) * 0.1, "stride": (1, 1), "pad": (1, 1, 1, 0),
+         "dilation": (1, 1), "groups": 6},
+        {"kind": "relu"},
+        {"kind": "flatten"},
+        {"kind": "dense", "w": rng.standard_normal((4, 12 * 7 * 6)) * 0.05,
+         "b": rng.standard_normal(4) * 0.1},
+    ]
+
+
 def conv_input_shape():
     return (2, 7, 6)
 
@@ -52,8 +71,10 @@ def build_net(spec):
                             bias_init=Tensor(layer["b"].astype(np.float32)), has_bias=True)
         elif k == "conv":
             out, c, kh, kw = layer["w"].shape
-            cell = nn.Conv2d(c, out, (kh, kw), stride=layer["stride"], pad_mode="pad",
+            groups = layer.get("groups", 1)
+            cell = nn.Conv2d(c * groups, out, (kh, kw), stride=layer["stride"], pad_mode="pad",
                              padding=layer["pad"], dilation=layer["dilation"], has_bias=True,
+                             group=groups,
                              weight_init=Tensor(layer["w"].astype(np.float32)),
                              bias_init=Tensor(layer["b"].astype(np.float32)))
         elif k == "relu":

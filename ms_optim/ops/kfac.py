@@ -76,18 +76,24 @@ def block_geometry(d, block=BLOCK_SIZE):
     return nb, s, nb * s - d
 
 
-def _column_blocks(x, block):
-    """``(R, d)`` -> ``(n_b, R, s)``: column groups of width ``s = min(d, block)``, zero-padded."""
-    rows, d = x.shape
+def _column_blocks(x, block, groups=1):
+    """``(R, g d)`` -> ``(g n_b, R, s)``: each group's ``d`` columns cut into column groups of
+    width ``s = min(d, block)``, the last one zero-padded; group-major order."""
+    rows, width = x.shape
+    d = width // groups
     nb, s, pad = block_geometry(d, block)
+    if groups > 1:
+        x = ops.reshape(ops.transpose(ops.reshape(x, (rows, groups, d)), (1, 0, 2)),
+                        (groups * rows, d))
     if pad > 0:
         x = ops.pad(x, (0, pad))
     if nb == 1:
-        return ops.reshape(x, (1, rows, s))
-    return ops.transpose(ops.reshape(x, (rows, nb, s)), (1, 0, 2))
+        return ops.reshape(x, (groups, rows, s))
+    x = ops.reshape(x, (groups, rows, nb, s))
+    return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (groups * nb, rows, s))
 
 
-def input_covariance_blocks(patches, block=BLOCK_SIZE):
+def input_covariance_blocks(patches, block=BLOCK_SIZE, groups=1):
     r"""Diagonal blocks of the input factor :math:`A`, computed without forming :math:`A`.
 
     .. math::
@@ -98,20 +104,24 @@ def input_covariance_blocks(patches, block=BLOCK_SIZE):
     with :math:`s = \min(d_{in}, \text{block})`, :math:`n_b = \lceil d_{in}/s \rceil`,
     :math:`p = n_b s - d_{in}`: :math:`A_b` is the :math:`b`-th diagonal block of
     :func:`input_covariance` (the padding rows/columns of the last block are zero). Cost
-    :math:`2 NT d_{in} s` instead of :math:`2 NT d_{in}^2`.
+    :math:`2 NT d_{in} s` instead of :math:`2 NT d_{in}^2`. With :math:`g` = `groups` > 1 (a
+    grouped convolution) the columns of :math:`P` are :math:`g` groups of :math:`d_{in}` each,
+    :math:`P = (P^{(0)} \cdots P^{(g-1)})`, and the result is the blocks of every group's own
+    factor :math:`A^{(j)} = \frac{1}{NT} P^{(j)\top} P^{(j)}`, group after group.
 
     Args:
-        patches (Tensor): :math:`P`, shape :math:`(N T, d_{in})`.
+        patches (Tensor): :math:`P`, shape :math:`(N T, g\, d_{in})`.
         block (int): maximal block size. Default: ``128``.
+        groups (int): :math:`g`. Default: ``1``.
 
     Returns:
-        Tensor of shape :math:`(n_b, s, s)`.
+        Tensor of shape :math:`(g\, n_b, s, s)`.
     """
-    p_b = _column_blocks(patches, block)
+    p_b = _column_blocks(patches, block, groups)
     return ops.BatchMatMul(transpose_a=True)(p_b, p_b) / patches.shape[0]
 
 
-def output_grad_covariance_blocks(dout, n, t, block=BLOCK_SIZE, loss_scale=1.0):
+def output_grad_covariance_blocks(dout, n, t, block=BLOCK_SIZE, loss_scale=1.0, groups=1):
     r"""Diagonal blocks of the output-side factor :math:`G`, computed without forming :math:`G`.
 
     .. math::
@@ -121,19 +131,22 @@ def output_grad_covariance_blocks(dout, n, t, block=BLOCK_SIZE, loss_scale=1.0):
 
     the :math:`b`-th diagonal block of :func:`output_grad_covariance` (:math:`s_L` the loss
     scale; block size :math:`s = \min(d_{out}, \text{block})`, zero padding as in
-    :func:`input_covariance_blocks`).
+    :func:`input_covariance_blocks`). With :math:`g` = `groups` > 1 the columns of :math:`D`
+    are :math:`g` groups of :math:`d_{out}` each and the result is the blocks of every group's
+    own factor :math:`G^{(j)}`, group after group.
 
     Args:
-        dout (Tensor): :math:`s_L\,\partial L/\partial Y`, shape :math:`(N T, d_{out})`.
+        dout (Tensor): :math:`s_L\,\partial L/\partial Y`, shape :math:`(N T, g\, d_{out})`.
         n (int): :math:`N`, samples in the minibatch.
         t (int): :math:`T`, output locations per sample.
         block (int): maximal block size. Default: ``128``.
         loss_scale (Union[float, Tensor]): :math:`s_L`. Default: ``1.0``.
+        groups (int): :math:`g`. Default: ``1``.
 
     Returns:
-        Tensor of shape :math:`(n_b, s, s)`.
+        Tensor of shape :math:`(g\, n_b, s, s)`.
     """
-    d_b = _column_blocks(dout / loss_scale, block)
+    d_b = _column_blocks(dout / loss_scale, block, groups)
     return ops.BatchMatMul(transpose_a=True)(d_b, d_b) * (n / t)
 
 
@@ -259,58 +272,72 @@ def damped_inverse_of_blocks(blocks, d, delta, spd_block_inverse=spd_block_inver
     where :math:`B_b` are the diagonal blocks of :math:`M` (zero padding, as returned by
     :func:`input_covariance_blocks`) and :math:`e_b` is the :math:`b`-th length-:math:`s` piece of
     :math:`e`. The result equals :func:`damped_block_inverse` of the full :math:`M`: the padding
-    becomes an identity block.
+    becomes an identity block. `blocks` may hold the blocks of :math:`g` factors of size
+    :math:`d` one after the other (a grouped convolution, :math:`g n_b` blocks): each is
+    damped and inverted in the same way.
 
     Args:
-        blocks (Tensor): :math:`B_b`, shape :math:`(n_b, s, s)`, symmetric positive semi-definite.
+        blocks (Tensor): :math:`B_b`, shape :math:`(g\, n_b, s, s)`, symmetric positive
+            semi-definite.
         d (int): :math:`d`, the size of :math:`M` (:math:`p = n_b s - d`).
         delta (Tensor): :math:`\delta`, scalar.
         spd_block_inverse (Callable): batch SPD inverse with the contract of
             :func:`spd_block_inverse_cholesky`.
 
     Returns:
-        Tensor :math:`(n_b, s, s)`.
+        Tensor :math:`(g\, n_b, s, s)`.
     """
-    nb, s = blocks.shape[0], blocks.shape[1]
-    pad = nb * s - d
+    s = blocks.shape[1]
+    nb, _, pad = block_geometry(d, s)
+    groups = blocks.shape[0] // nb
     e = delta * ops.ones(d, blocks.dtype)
     if pad > 0:
         e = ops.concat((e, ops.ones(pad, blocks.dtype)))
-    e = ops.reshape(e, (nb, s, 1))
+    if groups > 1:
+        e = ops.tile(e, (groups,))
+    e = ops.reshape(e, (groups * nb, s, 1))
     eye = ops.eye(s, s, blocks.dtype)
     return spd_block_inverse(blocks + e * eye)
 
 
-def kron_precondition(g_inv, grad, a_inv, t):
+def kron_precondition(g_inv, grad, a_inv, t, groups=1):
     r"""Kronecker-factored natural-gradient direction of a Dense/Conv2d weight.
 
     .. math::
 
         \tilde\nabla W = \frac{1}{T}\,\hat G^{-1}_{bd}\,\nabla W\,\hat A^{-1}_{bd}
 
+    With :math:`g` = `groups` > 1 (a grouped convolution: the rows of :math:`\nabla W` are
+    :math:`g` groups of :math:`d_{out}`, group :math:`j` seeing only its own :math:`d_{in}`
+    input columns) the rule applies per group,
+    :math:`\tilde\nabla W^{(j)} = \frac{1}{T}\hat G^{(j)-1}_{bd}\,\nabla W^{(j)}\,\hat A^{(j)-1}_{bd}`.
+
     Args:
-        g_inv (Tensor): blocks of :math:`\hat G^{-1}_{bd}`, shape :math:`(n_G, s_G, s_G)`.
-        grad (Tensor): :math:`\nabla W`, shape :math:`(d_{out}, d_{in})`.
-        a_inv (Tensor): blocks of :math:`\hat A^{-1}_{bd}`, shape :math:`(n_A, s_A, s_A)`.
+        g_inv (Tensor): blocks of :math:`\hat G^{-1}_{bd}`, shape :math:`(g\, n_G, s_G, s_G)`.
+        grad (Tensor): :math:`\nabla W`, shape :math:`(g\, d_{out}, d_{in})`.
+        a_inv (Tensor): blocks of :math:`\hat A^{-1}_{bd}`, shape :math:`(g\, n_A, s_A, s_A)`.
         t (Union[int, Tensor]): :math:`T`.
+        groups (int): :math:`g`. Default: ``1``.
 
     Returns:
-        Tensor of shape :math:`(d_{out}, d_{in})`.
+        Tensor of shape :math:`(g\, d_{out}, d_{in})`.
     """
-    d_out, d_in = grad.shape
-    n_g, s_g = g_inv.shape[0], g_inv.shape[1]
-    n_a, s_a = a_inv.shape[0], a_inv.shape[1]
+    rows, d_in = grad.shape
+    d_out = rows // groups
+    n_g, s_g = g_inv.shape[0] // groups, g_inv.shape[1]
+    n_a, s_a = a_inv.shape[0] // groups, a_inv.shape[1]
     out_p, in_p = n_g * s_g, n_a * s_a
-    x = grad
+    x = ops.reshape(grad, (groups, d_out, d_in)) if groups > 1 else grad
     if out_p != d_out or in_p != d_in:
         x = ops.pad(x, (0, in_p - d_in, 0, out_p - d_out))
-    x = ops.BatchMatMul()(g_inv, ops.reshape(x, (n_g, s_g, in_p)))
-    x = ops.transpose(ops.reshape(x, (out_p, n_a, s_a)), (1, 0, 2))
-    x = ops.BatchMatMul()(x, a_inv)
-    x = ops.reshape(ops.transpose(x, (1, 0, 2)), (out_p, in_p))
+    x = ops.BatchMatMul()(g_inv, ops.reshape(x, (groups * n_g, s_g, in_p)))
+    x = ops.transpose(ops.reshape(x, (groups, out_p, n_a, s_a)), (0, 2, 1, 3))
+    x = ops.BatchMatMul()(ops.reshape(x, (groups * n_a, out_p, s_a)), a_inv)
+    x = ops.transpose(ops.reshape(x, (groups, n_a, out_p, s_a)), (0, 2, 1, 3))
+    x = ops.reshape(x, (groups, out_p, in_p))
     if out_p != d_out or in_p != d_in:
-        x = x[:d_out, :d_in]
-    return x / t
+        x = x[:, :d_out, :d_in]
+    return ops.reshape(x, (rows, d_in)) / t
 
 
 def layernorm_precondition(grad, n, damping):

@@ -34,15 +34,13 @@ def _convert_dense(cell):
 
 
 def _convert_conv2d(cell):
-    if cell.group != 1:
-        return f"group={cell.group}: grouped convolution, no THOR rule; plain gradient"
     if getattr(cell, "data_format", "NCHW") != "NCHW":
         return f"data_format={cell.data_format}: only NCHW is supported; left unconverted"
     if type(cell) is not nn.Conv2d:  # pylint: disable=unidiomatic-typecheck
         return f"{type(cell).__name__} is a Conv2d subclass with its own construct; left unconverted"
     new = Conv2dThor(cell.in_channels, cell.out_channels, cell.kernel_size, stride=cell.stride,
                      pad_mode=cell.pad_mode, padding=cell.padding, dilation=cell.dilation,
-                     group=1, has_bias=cell.has_bias)
+                     group=cell.group, has_bias=cell.has_bias)
     new.weight = cell.weight
     if cell.has_bias:
         new.bias = cell.bias
@@ -213,8 +211,8 @@ class ConvertNetUtils:
     ``nn.Dense`` -> :class:`DenseThor`, ``nn.Conv2d`` -> :class:`Conv2dThor`, ``nn.Embedding``
     -> :class:`EmbeddingThor`, ``nn.EmbeddingLookup`` -> :class:`EmbeddingLookupThor` (plus
     :data:`THOR_LAYER_MAP` entries you register). Cells whose weight is frozen are skipped.
-    Layers that cannot be converted exactly (grouped convolutions, NHWC, ``max_norm`` lookups,
-    subclasses with their own ``construct``) stay as they are, with the reason given as a warning
+    Layers that cannot be converted exactly (NHWC, ``max_norm`` lookups, subclasses with their
+    own ``construct``) stay as they are, with the reason given as a warning
     on the ``ms_optim`` logger. Every decision is recorded: :meth:`table` lists each layer with
     its type, whether it was converted and why not.
 
@@ -368,13 +366,13 @@ class ConvertNetUtils:
             >>> from mindspore import nn
             >>> from ms_optim import ConvertNetUtils
             >>> net = nn.SequentialCell([nn.Conv2d(4, 4, 3, group=2), nn.Flatten(), nn.Dense(4, 2)])
-            >>> conv = ConvertNetUtils()
+            >>> conv = ConvertNetUtils(thor_filter=lambda name, cell: name != "2")
             >>> _ = conv.convert_to_thor_net(net)
             >>> print(conv.table())
             layer  type    converted  detail
-            -----  ------  ---------  ----------------------------------------------------------
-            0      Conv2d  no         group=2: grouped convolution, no THOR rule; plain gradient
-            2      Dense   yes        -> DenseThor
+            -----  ------  ---------  -----------------------
+            0      Conv2d  yes        -> Conv2dThor
+            2      Dense   no         excluded by thor_filter
         """
         return _format_rows([("layer", "type", "converted", "detail")] + list(self._rows))
 

@@ -35,19 +35,23 @@ from ..ops import kfac
 __all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "THOR_LAYERS"]
 
 
-def _block_shape(d):
-    """Shape of the diagonal-block statistic of a ``d x d`` factor: ``(n_b, s, s)``."""
+def _block_shape(d, groups=1):
+    """Shape of the diagonal-block statistic of ``groups`` factors of size ``d x d``:
+    ``(groups n_b, s, s)``."""
     nb, s, _ = kfac.block_geometry(d)
-    return (nb, s, s)
+    return (groups * nb, s, s)
 
 
 class _StatsMixin:
     """Statistic Parameters shared by all THOR layers."""
 
-    def _init_stats(self, a_shape, g_shape, dims=None):
+    def _init_stats(self, a_shape, g_shape, dims=None, groups=1):
         self.thor = True
-        #: (d_in, d_out) of a Kronecker-factored layer whose statistics are diagonal blocks
+        #: (d_in, d_out) of a Kronecker-factored layer whose statistics are diagonal blocks (per
+        #: group of a grouped convolution)
         self.thor_dims = dims
+        #: independent Kronecker factor pairs of the layer (the groups of a grouped convolution)
+        self.thor_groups = groups
         #: cast the output to float32 (set by amp O1 in ConvertModelUtils on a float16 layer)
         self.thor_float32_output = False
         self._set_statistic("matrix_a", np.zeros(a_shape, np.float32))
@@ -78,7 +82,7 @@ class _StatsMixin:
         if self.thor_dims is None:
             g = kfac.output_grad_covariance(d, n, t)
         else:
-            g = kfac.output_grad_covariance_blocks(d, n, t)
+            g = kfac.output_grad_covariance_blocks(d, n, t, groups=self.thor_groups)
         g = ops.depend(g, ops.assign(self.thor_t, Tensor(float(t), ms.float32)))
         return ops.assign(self.matrix_g, g)
 
@@ -183,9 +187,12 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     output location, columns ordered like the flattened weight :math:`(C_{out}, C_{in} k_h k_w)`;
     :math:`D` the loss-scaled output gradient (before the bias), one row per sample and location.
 
-    Note:
-        Only ``group=1`` is supported (``ValueError`` otherwise); the conversion leaves grouped
-        convolutions unconverted and says so in the log.
+    Grouped convolutions (``group`` :math:`= g > 1`, depthwise included): output channels
+    :math:`[j C_{out}/g, (j+1) C_{out}/g)` see only input channels
+    :math:`[j C_{in}/g, (j+1) C_{in}/g)`, so each group :math:`j` is a layer of its own with
+    factors :math:`A^{(j)}` (its :math:`(C_{in}/g) k_h k_w` patch columns) and :math:`G^{(j)}`
+    (its :math:`C_{out}/g` output channels); ``matrix_a`` and ``matrix_g`` hold their diagonal
+    blocks group after group, shape :math:`(g\, n_b, s, s)`.
 
     Args:
         in_channels (int): input channels.
@@ -195,7 +202,8 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         pad_mode (str): ``'same'``, ``'valid'`` or ``'pad'``. Default: ``'same'``.
         padding (Union[int, tuple[int]]): Default: ``0``.
         dilation (Union[int, tuple[int]]): Default: ``1``.
-        group (int): must be 1. Default: ``1``.
+        group (int): :math:`g`, dividing `in_channels` and `out_channels` (as
+            :class:`mindspore.nn.Conv2d`). Default: ``1``.
         has_bias (bool): Default: ``False``.
         weight_init (Union[Tensor, str, Initializer]): Default: ``'normal'``.
         bias_init (Union[Tensor, str, Initializer]): Default: ``'zeros'``.
@@ -207,7 +215,8 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         Tensor, identical to :class:`mindspore.nn.Conv2d`.
 
     Raises:
-        ValueError: If `group` is not 1.
+        ValueError: If an argument is invalid (as :class:`mindspore.nn.Conv2d`, e.g. `group`
+            not dividing the channels).
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -226,14 +235,15 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, pad_mode='same',
                  padding=0, dilation=1, group=1, has_bias=False, weight_init='normal',
                  bias_init='zeros'):
-        if group != 1:
-            raise ValueError(f"For 'Conv2dThor', the argument 'group' must be 1, but got {group}.")
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, pad_mode=pad_mode,
                          padding=padding, dilation=dilation, group=group, has_bias=has_bias,
                          weight_init=weight_init, bias_init=bias_init)
         kh, kw = self.kernel_size
         d_in = in_channels * kh * kw
-        self._init_stats(_block_shape(d_in), _block_shape(out_channels), (d_in, out_channels))
+        # per group: (C_in / g) k_h k_w patch columns (contiguous in P) and C_out / g outputs
+        d_in_g, d_out_g = d_in // group, out_channels // group
+        self._init_stats(_block_shape(d_in_g, group), _block_shape(d_out_g, group),
+                         (d_in_g, d_out_g), group)
         kernel = np.zeros((d_in, 1, kh, kw), np.float32)
         for c in range(in_channels):
             for i in range(kh):
@@ -259,7 +269,7 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
             p = self.im2col(x, ops.cast(self.patch_kernel, x.dtype))
             n, d, h, w = p.shape
             p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
-            a = kfac.input_covariance_blocks(ops.cast(p, ms.float32))
+            a = kfac.input_covariance_blocks(ops.cast(p, ms.float32), groups=self.thor_groups)
             x = ops.depend(x, ops.assign(self.matrix_a, a))
             out = self.conv2d(x, self.weight)
             out = self.get_g(out)

@@ -117,9 +117,9 @@ def _assign_owners(costs, group_size):
     return owner
 
 
-def _identity_blocks(d, block):
+def _identity_blocks(d, block, groups=1):
     nb, s, _ = kfac.block_geometry(d, block)
-    return np.broadcast_to(np.eye(s, dtype=np.float32), (nb, s, s)).copy()
+    return np.broadcast_to(np.eye(s, dtype=np.float32), (groups * nb, s, s)).copy()
 
 
 _UNDRIVEN_WARNED = []
@@ -226,6 +226,7 @@ class ThorOptimizer(nn.Optimizer):
         object.__setattr__(self, "stat_n", (layers[0].thor_n,) if layers else ())
 
         a_inv, g_inv, t_keep, costs, dims = [], [], [], [], []
+        groups = tuple(cell.thor_groups for cell in layers)
         for k, cell in enumerate(layers):
             wname = self._parameters[widx[k]].name
             if kinds[k] == "kron":
@@ -234,8 +235,8 @@ class ThorOptimizer(nn.Optimizer):
                 d_a, d_g = cell.matrix_a.shape[0], cell.matrix_g.shape[0]
             dims.append((d_a, d_g))
             if kinds[k] == "kron":
-                a0 = _identity_blocks(d_a, kfac.BLOCK_SIZE)
-                g0 = _identity_blocks(d_g, kfac.BLOCK_SIZE)
+                a0 = _identity_blocks(d_a, kfac.BLOCK_SIZE, groups[k])
+                g0 = _identity_blocks(d_g, kfac.BLOCK_SIZE, groups[k])
                 costs.append(float(a0.shape[0] * a0.shape[1] ** 3 + g0.shape[0] * g0.shape[1] ** 3))
             else:
                 a0 = np.ones((d_a,), np.float32)
@@ -295,9 +296,10 @@ class ThorOptimizer(nn.Optimizer):
         self._kron_flags = tuple(kind == "kron" for kind in kinds)
         self._dims_a = tuple(d[0] for d in dims)
         self._dims_g = tuple(d[1] for d in dims)
-        param_kind, pp_g, pp_a, pp_t = [], [], [], []
+        param_kind, pp_g, pp_a, pp_t, pp_groups = [], [], [], [], []
         for i in range(len(self._parameters)):
             k = self._layer_of_param[i]
+            pp_groups.append(groups[k] if k >= 0 else 1)
             if k >= 0:
                 param_kind.append(_KIND_KRON if kinds[k] == "kron" else _KIND_EMBED)
                 pp_g.append(self.g_inv[k])
@@ -310,6 +312,7 @@ class ThorOptimizer(nn.Optimizer):
                 pp_a.append(self.momentum)
                 pp_t.append(self.momentum)
         self._param_kind = tuple(param_kind)
+        self._param_groups = tuple(pp_groups)
         self._pp_g_inv = ParameterTuple(pp_g)
         self._pp_a_inv = ParameterTuple(pp_a)
         self._pp_t = ParameterTuple(pp_t)
@@ -456,8 +459,8 @@ class ThorOptimizer(nn.Optimizer):
         # data parallel: the rule uses the global batch (equal per-rank batches)
         n_batch = n_batch * self.group_size
         precond = self.hyper_map(ops.partial(_thor_precondition, token, lam, n_batch),
-                                 self._param_kind, self._pp_g_inv, self._pp_a_inv, self._pp_t,
-                                 gradients)
+                                 self._param_kind, self._param_groups, self._pp_g_inv,
+                                 self._pp_a_inv, self._pp_t, gradients)
         success = True
         if self.kl_clip is not None:
             dots = self.hyper_map(_precond_dot, self._is_preconditioned, precond, gradients)
@@ -618,16 +621,17 @@ def _commit_layer(finite, a_new, g_new, okf, tk, a_inv, g_inv, t_keep):
 _thor_precondition = ops.MultitypeFuncGraph("thor_precondition")
 
 
-@_thor_precondition.register("Tensor", "Tensor", "Tensor", "Number", "Tensor", "Tensor", "Tensor",
-                             "Tensor")
-def _thor_precondition_param(token, lam, n_batch, kind, g_inv, a_inv, t, grad):
+@_thor_precondition.register("Tensor", "Tensor", "Tensor", "Number", "Number", "Tensor", "Tensor",
+                             "Tensor", "Tensor")
+def _thor_precondition_param(token, lam, n_batch, kind, groups, g_inv, a_inv, t, grad):
     """Precondition one gradient by its rule (float32)."""
     grad = ops.cast(grad, ms.float32)
     if kind == _KIND_KRON:
         g_inv = ops.depend(g_inv, token)
         shape = grad.shape
         g2 = ops.reshape(grad, (shape[0], -1))
-        g2 = kfac.kron_precondition(g_inv, g2, ops.depend(a_inv, token), ops.depend(t, token))
+        g2 = kfac.kron_precondition(g_inv, g2, ops.depend(a_inv, token), ops.depend(t, token),
+                                    groups)
         grad = ops.reshape(g2, shape)
     elif kind == _KIND_EMBED:
         grad = kfac.embedding_precondition(ops.depend(a_inv, token), grad,
@@ -757,7 +761,10 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           ``FixedLossScaleManager(s, drop_overflow_update=True)`` or the user's own
           ``nn.TrainOneStepWithLossScaleCell`` (the cell's current scale is removed from
           :math:`G`; build the optimizer with ``loss_scale=1.0``).
-        - Grouped convolutions are left unconverted (plain gradient), with a warning.
+        - Grouped and depthwise convolutions (``group`` :math:`g > 1`) get one Kronecker pair
+          per group: group :math:`j` (output channels :math:`[jC_{out}/g, (j+1)C_{out}/g)`, its
+          :math:`C_{in}/g` input channels) is preconditioned as a layer of its own,
+          :math:`\tilde g^{(j)} = \frac{1}{T}\hat G^{(j)-1}\nabla W^{(j)}\hat A^{(j)-1}`.
         - Layers are converted in place, as sub-cells of `net`: a `net` that is itself a
           convertible layer (e.g. a bare ``nn.Dense``) cannot be replaced and raises ValueError
           (wrap it: ``nn.SequentialCell([net])``). A network with no layer THOR can

@@ -18,8 +18,10 @@ BLOCK = 128
 # ------------------------------------------------------------------------------------------
 # A tiny sequential network with explicit backward: layers are dicts
 #   {"kind": "dense", "w": (out, in), "b": (out,) or None}
-#   {"kind": "conv", "w": (out, C, kh, kw), "b": ..., "stride": (sh, sw),
-#    "pad": (top, bottom, left, right), "dilation": (dh, dw)}
+#   {"kind": "conv", "w": (out, C / groups, kh, kw), "b": ..., "stride": (sh, sw),
+#    "pad": (top, bottom, left, right), "dilation": (dh, dw), "groups": g (optional, 1)}
+#   A grouped convolution is g independent convolutions: group j maps input channels
+#   [j C/g, (j+1) C/g) to output channels [j out/g, (j+1) out/g).
 #   {"kind": "relu"}, {"kind": "flatten"}
 # ------------------------------------------------------------------------------------------
 def im2col(x, kh, kw, stride, pad, dilation):
@@ -62,10 +64,12 @@ def forward_backward(layers, x, labels):
             cache.append(h)
             h = h @ layer["w"].T + (layer["b"] if layer["b"] is not None else 0.0)
         elif k == "conv":
-            out_c, c, kh, kw = layer["w"].shape
+            out_c, _, kh, kw = layer["w"].shape
+            groups = layer.get("groups", 1)
             p, ho, wo = im2col(h, kh, kw, layer["stride"], layer["pad"], layer["dilation"])
             cache.append((h.shape, p, ho, wo))
-            y = p @ layer["w"].reshape(out_c, -1).T
+            y = np.concatenate([pj @ wj.T for pj, wj in
+                                zip(_split_cols(p, groups), _group_rows(layer["w"], groups))], 1)
             if layer["b"] is not None:
                 y = y + layer["b"]
             h = y.reshape(h.shape[0], ho, wo, out_c).transpose(0, 3, 1, 2)
@@ -96,12 +100,15 @@ def forward_backward(layers, x, labels):
         elif k == "conv":
             x_shape, p, ho, wo = c
             out_c = layer["w"].shape[0]
+            groups = layer.get("groups", 1)
             d = dh.transpose(0, 2, 3, 1).reshape(-1, out_c)
-            gw = (d.T @ p).reshape(layer["w"].shape)
+            w_g = _group_rows(layer["w"], groups)
+            gw = np.concatenate([dj.T @ pj for dj, pj in
+                                 zip(_split_cols(d, groups), _split_cols(p, groups))], 0)
             gb = d.sum(0) if layer["b"] is not None else None
-            grads[li] = (gw, gb)
+            grads[li] = (gw.reshape(layer["w"].shape), gb)
             stats[li] = (p, d, x_shape[0], ho * wo)
-            dcols = d @ layer["w"].reshape(out_c, -1)
+            dcols = np.concatenate([dj @ wj for dj, wj in zip(_split_cols(d, groups), w_g)], 1)
             _, _, kh, kw = layer["w"].shape
             dh = col2im_grad(dcols, x_shape, kh, kw, layer["stride"], layer["pad"],
                              layer["dilation"], ho, wo)
@@ -110,6 +117,16 @@ def forward_backward(layers, x, labels):
         elif k == "flatten":
             dh = dh.reshape(c)
     return loss, grads, stats
+
+
+def _split_cols(m, groups):
+    """The column groups of a (rows, groups * d) matrix."""
+    return np.split(m, groups, axis=1)
+
+
+def _group_rows(w, groups):
+    """Per group, the (out / groups, C / groups * kh * kw) matrix view of a conv weight."""
+    return [wj.reshape(wj.shape[0], -1) for wj in np.split(w, groups, axis=0)]
 
 
 # ------------------------------------------------------------------------------------------
@@ -182,20 +199,29 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
             if grads[li] is None:
                 continue
             gw, gb = grads[li]
+            groups = layer.get("groups", 1)
             if step % frequency == 0:
                 p, d, n, t = stats[li]
-                a, g = factors(p, d, n, t)
+                pairs = [factors(pj, dj, n, t) for pj, dj in
+                         zip(_split_cols(p, groups), _split_cols(d, groups))]
                 if factor_decay is not None:
-                    history.setdefault(li, []).append((a, g))
+                    history.setdefault(li, []).append(pairs)
                     k = len(history[li])
                     wts = [factor_decay ** (k - 1 - j) for j in range(k)]
-                    a = sum(wj * aj for wj, (aj, _) in zip(wts, history[li])) / sum(wts)
-                    g = sum(wj * gj for wj, (_, gj) in zip(wts, history[li])) / sum(wts)
+                    pairs = [(sum(wj * hj[q][0] for wj, hj in zip(wts, history[li])) / sum(wts),
+                              sum(wj * hj[q][1] for wj, hj in zip(wts, history[li])) / sum(wts))
+                             for q in range(groups)]
                 delta = np.sqrt(lam / t)
-                inv[li] = (block_diag_inverse(a, delta), block_diag_inverse(g, delta), t)
+                inv[li] = ([(block_diag_inverse(a, delta), block_diag_inverse(g, delta))
+                            for a, g in pairs], t)
             w2 = layer["w"].reshape(layer["w"].shape[0], -1)
-            a_inv, g_inv, t = inv.get(li, (np.eye(w2.shape[1]), np.eye(w2.shape[0]), 1))
-            updates[li] = {"w": precondition(g_inv, gw, a_inv, t)}
+            rows = w2.shape[0] // groups
+            eye = [(np.eye(w2.shape[1]), np.eye(rows))] * groups
+            pair_inv, t = inv.get(li, (eye, 1))
+            gw2 = gw.reshape(w2.shape)
+            pw = np.concatenate([precondition(g_inv, gw2[j * rows:(j + 1) * rows], a_inv, t)
+                                 for j, (a_inv, g_inv) in enumerate(pair_inv)], 0)
+            updates[li] = {"w": pw.reshape(gw.shape)}
             if gb is not None:
                 updates[li]["b"] = gb
         if kl_clip is not None:
