@@ -406,10 +406,9 @@ def test_thor_statistics_go_to_their_split_indices_bucket():
                 return x
             return reduce
 
-        object.__setattr__(opt, "allreduce", [recorder(b) for b in range(8)])
-        object.__setattr__(opt, "_parallel", True)
-        for stride, seam in ((2, opt._reduce_statistics),  # pylint: disable=protected-access
-                             (4, opt._share_inverses)):  # pylint: disable=protected-access
+        object.__setattr__(opt.dp, "allreduce", [recorder(b) for b in range(8)])
+        object.__setattr__(opt.dp, "parallel", True)
+        for stride, seam in ((2, opt.dp.reduce_statistics), (4, opt.dp.share_inverses)):
             calls.clear()
             n = stride * opt.n_layers
             entries = tuple(Tensor(np.full((2, 2), i + 1, np.float32)) for i in range(n))
@@ -480,7 +479,7 @@ def test_scaling_doc_numbers_match_the_arithmetic():
         go through ``ms_optim.thor`` with ``split_indices=sa.SPLIT`` and
         ``distribute_inversion=True``; the all-reduce primitives are replaced by recorders and
         the data-parallel seams are called with the optimizer's own statistics Parameters
-        (``_reduce_statistics``) and with the per-layer buffers ``_refresh`` shares
+        (``opt.dp.reduce_statistics``) and with the per-layer buffers ``_refresh`` shares
         (``A^-1``, ``G^-1`` blocks, ok flag, ``T``). Returns the recorded sizes of each seam
         and the per-layer statistic / inverse shapes.
         """
@@ -511,14 +510,14 @@ def test_scaling_doc_numbers_match_the_arithmetic():
                 calls[phase[0]].append(int(np.prod(x.shape)))
                 return x
 
-            object.__setattr__(opt, "allreduce", [recorder] * 4)
-            object.__setattr__(opt, "_parallel", True)
+            object.__setattr__(opt.dp, "allreduce", [recorder] * 4)
+            object.__setattr__(opt.dp, "parallel", True)
             stats = tuple(t for k in range(54) for t in (opt.stat_a[k], opt.stat_g[k]))
-            opt._reduce_statistics(stats)  # pylint: disable=protected-access
+            opt.dp.reduce_statistics(stats)
             phase[0] = "shared"
             one = Tensor(np.float32(1.0))
             bufs = tuple(t for k in range(54) for t in (opt.a_inv[k], opt.g_inv[k], one, one))
-            opt._share_inverses(bufs)  # pylint: disable=protected-access
+            opt.dp.share_inverses(bufs)
             shapes = [(tuple(opt.stat_a[k].shape), tuple(opt.stat_g[k].shape),
                        tuple(opt.a_inv[k].shape), tuple(opt.g_inv[k].shape)) for k in range(54)]
             return calls["stats"], calls["shared"], shapes

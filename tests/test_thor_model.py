@@ -200,10 +200,10 @@ def test_distributed_inversion_seam_sums_to_replicated():
 
         def run(rank, distributed):
             net, opt, step, data = build_run(steps=1)
-            opt.distribute_inversion = distributed
-            opt._owner = (0, 1)
-            opt.rank = rank
-            opt._share_inverses = lambda bufs: captured.setdefault((rank, distributed), bufs)
+            opt.dp.distribute_inversion = distributed
+            opt.dp.owner = (0, 1)
+            opt.dp.rank = rank
+            opt.dp.share_inverses = lambda bufs: captured.setdefault((rank, distributed), bufs)
             step(*H.to_ms(*data[0]))
         run(0, False)
         run(0, True)
@@ -222,7 +222,7 @@ def test_distributed_inversion_seam_sums_to_replicated():
 
 
 def test_fusion_buckets_and_owners():
-    from ms_optim.thor.optimizer import _assign_owners, _bucket_plan, _buckets
+    from ms_optim.thor._parallel import _assign_owners, _bucket_plan, _buckets
     assert _buckets([26, 53], 54) == [0] * 27 + [1] * 27
     assert _buckets([1], 4) == [0, 0, 1, 1]
     # (A_0, G_0, A_1, G_1, A_2, G_2) with layers [0 | 1, 2]: one packed all-reduce per bucket

@@ -21,7 +21,7 @@ from .._nonfinite import add_nonfinite_state, check_gradients
 from .._validation import (check_bool, check_callable, check_float, check_int,
                            check_non_negative, check_positive, check_type)
 from ..ops import kfac
-from . import _kernels
+from . import _kernels, _parallel
 from .convert import THOR_LAYER_MAP, ConvertNetUtils
 from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
 
@@ -50,71 +50,6 @@ def _validate_schedule(value, arg_name):
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"For '{_NAME}', every value of '{arg_name}' must be finite and >= 0.")
     return arr.astype(np.float32).reshape(-1)
-
-
-def _validate_split_indices(split_indices, n_layers):
-    if split_indices is None:
-        return [max(n_layers - 1, 0)]
-    if not isinstance(split_indices, (list, tuple)):
-        raise TypeError(f"For '{_NAME}', the argument 'split_indices' must be list or tuple of int, "
-                        f"but got {type(split_indices).__name__}.")
-    if not split_indices:
-        raise ValueError(f"For '{_NAME}', the argument 'split_indices' must not be empty.")
-    prev = -1
-    for i in split_indices:
-        if isinstance(i, bool) or not isinstance(i, numbers.Integral):
-            raise TypeError(f"For '{_NAME}', every element of 'split_indices' must be int, "
-                            f"but got {type(i).__name__}.")
-        if i <= prev or i >= max(n_layers, 1):
-            raise ValueError(f"For '{_NAME}', 'split_indices' must be strictly increasing layer "
-                             f"indices in [0, {max(n_layers - 1, 0)}] (the network has {n_layers} "
-                             f"preconditioned layers), but got {list(split_indices)}.")
-        prev = i
-    return [int(i) for i in split_indices]
-
-
-def _buckets(split_indices, n_layers):
-    """Layer index -> fusion bucket: split [26, 53] gives 0..26 -> 0, 27..53 -> 1."""
-    out = []
-    for k in range(n_layers):
-        b = 0
-        while b < len(split_indices) and k > split_indices[b]:
-            b += 1
-        out.append(b)
-    return out
-
-
-def _bucket_plan(bucket_of_layer, stride):
-    """Packing plan of a per-layer flattened tuple (entry ``i`` is of layer ``i // stride``).
-
-    Returns ``(plan, pos)``: ``plan`` lists ``(bucket, entry indices)`` for the non-empty buckets in
-    bucket order; ``pos[i] = (slot in plan, place in that slot)``.
-    """
-    plan, pos = [], {}
-    for b in sorted(set(bucket_of_layer)):
-        idx = tuple(i for i in range(stride * len(bucket_of_layer)) if bucket_of_layer[i // stride] == b)
-        for j, i in enumerate(idx):
-            pos[i] = (len(plan), j)
-        plan.append((b, idx))
-    return tuple(plan), tuple(pos[i] for i in range(len(pos)))
-
-
-def _numel(shape):
-    n = 1
-    for d in shape:
-        n = n * d
-    return n
-
-
-def _assign_owners(costs, group_size):
-    """Cost-balanced (greedy, largest first) assignment of layers to ranks; deterministic."""
-    load = [0.0] * group_size
-    owner = [0] * len(costs)
-    for k in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        r = min(range(group_size), key=lambda j: (load[j], j))
-        owner[k] = r
-        load[r] += costs[k]
-    return owner
 
 
 def _identity_blocks(d, block, groups=1):
@@ -270,27 +205,8 @@ class ThorOptimizer(nn.Optimizer):
         self.thor_factor_weight = ParameterTuple(avg_w)
         add_nonfinite_state(self, len(self._parameters))
 
-        # --- data parallel seam ---------------------------------------------------------------
-        self.split_indices = split_indices
-        self._bucket = tuple(_buckets(split_indices, self.n_layers))
-        self._n_buckets = (max(self._bucket) + 1) if self._bucket else 1
-        self._stat_plan, self._stat_pos = _bucket_plan(self._bucket, 2)
-        self._share_plan, self._share_pos = _bucket_plan(self._bucket, 4)
-        self.distribute_inversion = distribute_inversion
-        self._parallel = ms.get_auto_parallel_context("parallel_mode") in (
-            ms.ParallelMode.DATA_PARALLEL, "data_parallel")
-        self.group_size = 1
-        self.rank = 0
-        if self._parallel:
-            from mindspore.communication import get_group_size, get_rank
-            self.group_size = get_group_size()
-            self.rank = get_rank()
-            # One all-reduce per bucket; the bucket's tensors are packed into it explicitly
-            # (``_allreduce_buckets``), so no backend fusion pass is relied upon: fusion id 0.
-            self.allreduce = [ops.AllReduce().add_prim_attr("fusion", 0)
-                              for _ in range(self._n_buckets)]
-        self._owner = tuple(_assign_owners(costs, self.group_size)) if distribute_inversion \
-            else tuple(0 for _ in costs)
+        # --- data parallel seam (ms_optim.thor._parallel) ------------------------------------
+        self.dp = _parallel.ThorDataParallel(split_indices, costs, distribute_inversion)
 
         # --- aligned tuples for the hyper_map'ed graph functions ------------------------------
         self._kron_flags = tuple(kind == "kron" for kind in kinds)
@@ -328,75 +244,11 @@ class ThorOptimizer(nn.Optimizer):
         self._invert_fn = _make_invert_fn(value.spd_block_inverse)
 
     # ----------------------------------------------------------------------------------------
-    # Data-parallel seam: identity in stand-alone mode.
-    #
-    # Collective order. Ranks may compile different graphs (``distribute_inversion``: each rank
-    # inverts only its layers), so the order of the collectives must not be left to each rank's
-    # scheduler. It is fixed by data dependencies: every reduced gradient -> statistics bucket 0
-    # -> bucket 1 -> ... -> inverse-sharing bucket 0 -> bucket 1 -> ...; each all-reduce's input
-    # depends on the previous all-reduce's output, and every output of a phase depends on the
-    # phase's last all-reduce. Each bucket is one all-reduce of its tensors packed end to end.
-    # ----------------------------------------------------------------------------------------
-    def _allreduce_buckets(self, tensors, plan, pos):
-        """Sum over ranks, one all-reduce per bucket of ``plan`` (:func:`_bucket_plan`), chained."""
-        if not self._parallel:
-            return tensors
-        slots = ()
-        prev = None
-        for b, idx in plan:
-            flat = ()
-            sizes = ()
-            for i in idx:
-                flat = flat + (ops.reshape(tensors[i], (-1,)),)
-                sizes = sizes + (_numel(tensors[i].shape),)
-            packed = ops.concat(flat) if len(flat) > 1 else flat[0]
-            if prev is not None:
-                packed = ops.depend(packed, prev)
-            summed = self.allreduce[b](packed)
-            prev = summed
-            slots = slots + ((ops.split(summed, sizes) if len(sizes) > 1 else (summed,)),)
-        out = ()
-        for i in range(len(tensors)):
-            slot, j = pos[i]
-            out = out + (ops.depend(ops.reshape(slots[slot][j], tensors[i].shape), prev),)
-        return out
-
-    def _reduce_statistics(self, stats):
-        """Mean of the statistics ``(A_0, G_0, A_1, G_1, ...)`` over the data-parallel ranks."""
-        if not self._parallel:
-            return stats
-        summed = self._allreduce_buckets(stats, self._stat_plan, self._stat_pos)
-        return tuple(s / self.group_size for s in summed)
-
-    def _owns(self, k):
-        """Whether this rank computes layer ``k``'s inverses."""
-        return (not self.distribute_inversion) or self._owner[k] == self.rank
-
-    def _share_inverses(self, tensors):
-        """Every rank gets every inverse: the per-layer buffers ``(A^-1, G^-1, ok, T)``, zero on
-        the ranks that do not own the layer, are summed over the ranks."""
-        if not (self._parallel and self.distribute_inversion):
-            return tensors
-        return self._allreduce_buckets(tensors, self._share_plan, self._share_pos)
-
-    # ----------------------------------------------------------------------------------------
     # Graph structure. The per-layer and per-parameter rules are MultitypeFuncGraphs mapped with
     # ``hyper_map`` over aligned tuples (as ``nn.Momentum`` does), not unrolled Python loops: a
     # loop of 161 parameter updates exceeds MindSpore's call-depth limit when ResNet-50 is
     # compiled in GRAPH mode, and layers/parameters of equal shapes share one inferred subgraph.
     # ----------------------------------------------------------------------------------------
-    def _invert_layer(self, k, a, g, lam):
-        """Damped inverses of layer k with the fault guard; returns (a_inv, g_inv, ok float)."""
-        d_a, d_g = self._dims[k]
-        return _invert_factors(self.kernels.spd_block_inverse, lam, self._layer_kind[k] == "kron",
-                               d_a, d_g, a, g, ops.depend(self.stat_t[k], a))
-
-    def _owns_tuple(self):
-        out = ()
-        for k in range(self.n_layers):
-            out = out + (self._owns(k),)
-        return out
-
     def _refresh(self, lam, gradients, finite):
         """Refresh step: statistics -> damped inverses (kept where the statistics are bad).
 
@@ -412,8 +264,8 @@ class ThorOptimizer(nn.Optimizer):
             stat_g = self.hyper_map(ops.partial(_read_stat_scaled, gradients, inv_s2), self.stat_g)
         else:
             stat_g = self.hyper_map(ops.partial(_read_stat, gradients, self._inv_ls2), self.stat_g)
-        if self._parallel:
-            stats = self._reduce_statistics(_interleave((stat_a, stat_g)))
+        if self.dp.parallel:
+            stats = self.dp.reduce_statistics(_interleave((stat_a, stat_g)))
             stat_a, stat_g = stats[0::2], stats[1::2]
         if self.factor_decay is not None:
             # the inverses are formed from the running means (every rank: same reduced input)
@@ -422,9 +274,9 @@ class ThorOptimizer(nn.Optimizer):
                                             self.thor_factor_weight, stat_a, stat_g))
             stat_a, stat_g = means[0::2], means[1::2]
         bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._kron_flags, self._dims_a,
-                              self._dims_g, self._owns_tuple(), stat_a, stat_g, self.stat_t,
+                              self._dims_g, self.dp.owns_tuple(), stat_a, stat_g, self.stat_t,
                               self.a_inv, self.g_inv)
-        bufs = self._share_inverses(_flatten(bufs))
+        bufs = self.dp.share_inverses(_flatten(bufs))
         bad = self.hyper_map(ops.partial(_commit_inverses, finite), bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
                              self.a_inv, self.g_inv, self.t_keep)
         if self.n_layers:
@@ -457,7 +309,7 @@ class ThorOptimizer(nn.Optimizer):
         else:
             n_batch = Tensor(float(self.batch_size), ms.float32)
         # data parallel: the rule uses the global batch (equal per-rank batches)
-        n_batch = n_batch * self.group_size
+        n_batch = n_batch * self.dp.group_size
         precond = self.hyper_map(ops.partial(_thor_precondition, token, lam, n_batch),
                                  self._param_kind, self._param_groups, self._pp_g_inv,
                                  self._pp_a_inv, self._pp_t, gradients)
@@ -589,7 +441,7 @@ def _make_invert_fn(spd_block_inverse):
             tk = ops.depend(stat_t, a) * okf
         else:
             # not constants: the sharing all-reduce must not be scheduled before the
-            # statistics all-reduces (see the collective order above)
+            # statistics all-reduces (see the collective order in ms_optim.thor._parallel)
             a_new = ops.depend(ops.zeros(a_old.shape, ms.float32), a)
             g_new = ops.depend(ops.zeros(g_old.shape, ms.float32), a)
             okf = ops.depend(ops.zeros((), ms.float32), a)
@@ -930,7 +782,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         _LOG.warning("THOR: '%s' has no layer THOR can precondition (no Dense/Conv2d/Embedding/"
                      "EmbeddingLookup converted); training uses the LayerNorm and plain "
                      "momentum rules only.", type(net).__name__)
-    split_indices = _validate_split_indices(split_indices, n_layers)
+    split_indices = _parallel.validate_split_indices(_NAME, split_indices, n_layers)
     for p in net.trainable_params():  # decay_filter must return a bool-like for every param
         decay_filter(p)
     # ---- only now change the network ---------------------------------------------------------
