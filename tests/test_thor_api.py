@@ -5,6 +5,7 @@ import pytest
 import mindspore as ms
 from mindspore import Parameter, Tensor, nn
 
+from ms_optim.thor import blocks
 from ms_optim import (Conv2dThor, ConvertNetUtils, DenseThor, EmbeddingLookupThor, EmbeddingThor,
                       ThorTrainOneStepCell,
                       thor, thor_damping_schedule, thor_lr_schedule)
@@ -150,7 +151,7 @@ def test_bare_parameter_and_embedding_train(mode):
     y = Tensor(np.array([0, 2], np.int32))
     losses = [float(step(ids, y).asnumpy()) for _ in range(4)]
     assert losses[-1] < losses[0]
-    assert opt._layer_kind == ("embed", "kron")
+    assert [type(b).__name__ for b in opt.blocks] == ["EmbeddingBlock", "KroneckerBlock"]
     for p in net.trainable_params():
         assert np.isfinite(p.asnumpy()).all()
 
@@ -331,3 +332,66 @@ def test_registered_layer_is_preconditioned_or_rejected():
         assert opt.n_layers == 2
     finally:
         THOR_LAYER_MAP.pop(_Scaled, None)
+
+
+class _MyDense(nn.Dense):
+    """A user layer class (exact-type registry: not converted by the nn.Dense entry)."""
+
+
+class _MyDenseThor(DenseThor):
+    """Its THOR layer: DenseThor's statistics, preconditioned by the block given below."""
+
+
+class _DoubleDamping(blocks.KroneckerBlock):
+    """An extension block: the Kronecker rule with twice the damping."""
+
+    @staticmethod
+    def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        return blocks.KroneckerBlock.invert(spd_block_inverse, lam * 2.0, d_a, d_g, a, g, t)
+
+
+def _to_my_dense_thor(cell):
+    new = _MyDenseThor(cell.in_channels, cell.out_channels)
+    new.weight, new.bias = cell.weight, cell.bias
+    return new
+
+
+def test_register_thor_layer_with_a_curvature_block(mode):
+    """register_thor_layer(..., block=B): the converted layer is preconditioned by B (here the
+    Kronecker rule at twice the damping, equal to the built-in rule run with 2*lambda and not
+    to the built-in rule at lambda); a block for a cell without THOR statistics is refused."""
+    import ms_optim
+    from ms_optim.thor.convert import THOR_LAYER_MAP
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    data = H.batches(rng, 3, 8, (4,), classes=3)
+
+    def train(layer_cls, damping):
+        net = nn.SequentialCell([layer_cls(4, 3, weight_init=Tensor(w),
+                                           bias_init=Tensor(np.zeros(3, np.float32)))])
+        opt = thor(net, Tensor(0.2, ms.float32), Tensor(damping, ms.float32), 0.9, frequency=2)
+        step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+        for x, y in data:
+            step(*H.to_ms(x, y))
+        return net, opt
+    try:
+        with pytest.raises(TypeError, match="CurvatureBlock subclass"):
+            ms_optim.register_thor_layer(_MyDense, _to_my_dense_thor, block=object)
+        ms_optim.register_thor_layer(_MyDense, _to_my_dense_thor, block=_DoubleDamping)
+        net, opt = train(_MyDense, 0.05)
+        assert isinstance(net[0], _MyDenseThor) and type(opt.blocks[0]) is _DoubleDamping
+        want, _ = train(nn.Dense, 0.1)
+        other, _ = train(nn.Dense, 0.05)
+        for got, ref in zip(net.trainable_params(), want.trainable_params()):
+            np.testing.assert_allclose(got.asnumpy(), ref.asnumpy(), rtol=1e-6, atol=1e-7)
+        assert not np.allclose(net[0].weight.asnumpy(), other[0].weight.asnumpy(), atol=1e-4)
+
+        ms_optim.register_thor_layer(_Scaled, _NotAThorLayer, block=_DoubleDamping)
+        with pytest.raises(TypeError, match="lacks the THOR statistics"):
+            thor(nn.SequentialCell([_Scaled(), nn.Dense(2, 2)]), LR, DAMP, 0.9)
+    finally:
+        for cls in (_MyDense, _Scaled):
+            THOR_LAYER_MAP.pop(cls, None)
+            ms_optim.register_thor_layer(cls, _NotAThorLayer)  # clears the converter's block
+            THOR_LAYER_MAP.pop(cls, None)
+        blocks._BLOCK_OF_LAYER.pop(_MyDenseThor, None)  # pylint: disable=protected-access

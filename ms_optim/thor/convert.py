@@ -15,7 +15,8 @@ from mindspore.train import Model
 from .._validation import check_bool
 from ..lars import _format_rows
 
-from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor, THOR_LAYERS
+from . import blocks
+from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
 
 __all__ = ["ConvertNetUtils", "ConvertModelUtils", "THOR_LAYER_MAP", "register_thor_layer"]
 
@@ -167,21 +168,32 @@ THOR_LAYER_MAP = {
 }
 
 
-def register_thor_layer(layer_cls, converter):
+#: Layer class -> the CurvatureBlock given to register_thor_layer for what its converter returns.
+_CONVERTER_BLOCK = {}
+
+
+def register_thor_layer(layer_cls, converter, *, block=None):
     """Register a converter for cells of type ``layer_cls`` (exact type match).
 
     Args:
         layer_cls (type): a :class:`mindspore.nn.Cell` subclass.
         converter (Callable): ``converter(cell) -> Cell | str``: the THOR layer replacing `cell`
-            (reusing its Parameters; a :class:`DenseThor`, :class:`Conv2dThor`,
-            :class:`EmbeddingThor` or :class:`EmbeddingLookupThor`, the layers whose statistics
-            the optimizer preconditions), or the reason it stays unconverted (logged). A
-            converter that returns another cell makes :func:`ms_optim.thor` and
-            :meth:`ConvertNetUtils.convert_to_thor_net` raise ``TypeError`` before they change
-            the network (it would be converted and never preconditioned).
+            (reusing its Parameters), or the reason it stays unconverted (logged). The returned
+            cell must be preconditioned by a curvature block: a :class:`DenseThor`,
+            :class:`Conv2dThor`, :class:`EmbeddingThor` or :class:`EmbeddingLookupThor` (or a
+            subclass), or a cell for which `block` is given. A converter that returns another
+            cell makes :func:`ms_optim.thor` and :meth:`ConvertNetUtils.convert_to_thor_net`
+            raise ``TypeError`` before they change the network (it would be converted and never
+            preconditioned).
+        block (type): keyword-only; a :class:`ms_optim.thor.blocks.CurvatureBlock` subclass that
+            preconditions the cells `converter` returns (their class is registered with it; they
+            must collect the statistics ``matrix_a``, ``matrix_g``, ``thor_t``, ``thor_n`` as
+            the built-in THOR layers do). Default: ``None`` (the block of the returned layer's
+            class, e.g. the Kronecker block of :class:`DenseThor`).
 
     Raises:
-        TypeError: If `layer_cls` is not a Cell subclass or `converter` is not callable.
+        TypeError: If `layer_cls` is not a Cell subclass, `converter` is not callable, or `block`
+            is neither None nor a ``CurvatureBlock`` subclass.
 
     Supported Platforms:
         ``Ascend`` ``GPU`` ``CPU``
@@ -202,7 +214,15 @@ def register_thor_layer(layer_cls, converter):
     if not callable(converter):
         raise TypeError("For 'register_thor_layer', the argument 'converter' must be callable, "
                         f"but got {type(converter).__name__}.")
+    if block is not None and not (isinstance(block, type)
+                                  and issubclass(block, blocks.CurvatureBlock)):
+        raise TypeError("For 'register_thor_layer', the argument 'block' must be None or a "
+                        f"CurvatureBlock subclass, but got {block!r}.")
     THOR_LAYER_MAP[layer_cls] = converter
+    if block is None:
+        _CONVERTER_BLOCK.pop(layer_cls, None)
+    else:
+        _CONVERTER_BLOCK[layer_cls] = block
 
 
 class ConvertNetUtils:
@@ -253,7 +273,7 @@ class ConvertNetUtils:
                 continue
             full = f"{prefix}.{name}" if prefix else name
             conv = THOR_LAYER_MAP.get(type(sub))
-            if isinstance(sub, THOR_LAYERS):
+            if blocks.block_class_for(sub) is not None:
                 visit(cell, name, full, sub, None, already=True)
             elif conv is not None:
                 visit(cell, name, full, sub, conv, already=False)
@@ -279,13 +299,23 @@ class ConvertNetUtils:
         new = conv(sub)
         if isinstance(new, str):
             return None, new
-        if not isinstance(new, THOR_LAYERS):
+        block = _CONVERTER_BLOCK.get(type(sub)) or blocks.block_class_for(new)
+        if block is None:
             # THOR would convert it and then never precondition it: refuse before any change
             raise TypeError(f"For 'register_thor_layer', the converter of {type(sub).__name__} "
                             f"returned {type(new).__name__} for '{full}', which THOR cannot "
                             "precondition: a converter must return a DenseThor, Conv2dThor, "
                             "EmbeddingThor or EmbeddingLookupThor (whose statistics the optimizer "
-                            "has a rule for), or a str giving why the layer stays unconverted.")
+                            "has a rule for), a cell whose CurvatureBlock is given to "
+                            "register_thor_layer(..., block=...), or a str giving why the layer "
+                            "stays unconverted.")
+        missing = blocks.missing_statistics(new)
+        if missing:
+            raise TypeError(f"For 'register_thor_layer', the converter of {type(sub).__name__} "
+                            f"returned {type(new).__name__} for '{full}', which lacks the THOR "
+                            f"statistics {missing} its block {block.__name__} reads.")
+        if type(sub) in _CONVERTER_BLOCK:
+            blocks.register_block(type(new), block)
         return new, None
 
     def plan(self, net):

@@ -31,6 +31,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from ..ops import kfac
+from .blocks import EmbeddingBlock, KroneckerBlock, register_block
 
 __all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "THOR_LAYERS"]
 
@@ -429,22 +430,6 @@ class EmbeddingLookupThor(nn.EmbeddingLookup, _EmbeddingStatsMixin):
 THOR_LAYERS = (DenseThor, Conv2dThor, EmbeddingThor, EmbeddingLookupThor)
 
 
-def _keep_whole_under_rewrite(classes):
-    """Make the THOR layers opaque to ``mindspore.rewrite`` (used by ``amp_level="O1"``).
-
-    O1 regenerates a network's Python source, descending into every user cell and the functions
-    its ``construct`` calls, and casts the whitelisted primitives it finds to float16. Inside a
-    THOR layer that would cast the covariance matmuls of the statistics (which must stay
-    float32), and the regenerated module loses module-level names (``NameError``). Cells listed
-    in the rewrite's subtree black list are kept as one call of the original object instead.
-    """
-    try:
-        from mindspore.rewrite.common import namespace
-    except ImportError:  # no rewrite package: nothing descends into the layers
-        return
-    black = getattr(namespace, "_subtree_black_list", None)
-    if isinstance(black, list):
-        black.extend(c for c in classes if c not in black)
-
-
-_keep_whole_under_rewrite(THOR_LAYERS)
+for _layer, _block in ((DenseThor, KroneckerBlock), (Conv2dThor, KroneckerBlock),
+                       (EmbeddingThor, EmbeddingBlock), (EmbeddingLookupThor, EmbeddingBlock)):
+    register_block(_layer, _block)

@@ -26,7 +26,7 @@ import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.train import Model
 
-from .layers import THOR_LAYERS
+from . import blocks
 
 __all__ = ["ThorTrainOneStepCell", "ThorWrapTrainCell", "ThorModel"]
 
@@ -95,7 +95,8 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         optimizer.thor_driven = True
         # the cells that read the flag, found once (a walk of the whole network per step is
         # what this replaces)
-        self._thor_cells = [c for _, c in network.cells_and_names() if isinstance(c, THOR_LAYERS)]
+        self._thor_cells = [c for _, c in network.cells_and_names()
+                            if blocks.block_class_for(c) is not None]
         self._set_mode(False)
         self._host_step = None  # host copy of optimizer.global_step, None: read it
         self._step_storage = None  # global_step's storage when it was read (held: no reuse)

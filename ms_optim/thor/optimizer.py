@@ -7,7 +7,6 @@ defaults of ``mindspore.nn.thor``. The formulas are :mod:`ms_optim.ops.kfac`; th
 swaps the block-inverse kernel (:mod:`ms_optim.thor._kernels`).
 """
 import logging
-import math
 import numbers
 import warnings
 
@@ -21,15 +20,13 @@ from .._nonfinite import add_nonfinite_state, check_gradients
 from .._validation import (check_bool, check_callable, check_float, check_int,
                            check_non_negative, check_positive, check_type)
 from ..ops import kfac
-from . import _kernels, _parallel
+from . import _kernels, _parallel, blocks
 from .convert import THOR_LAYER_MAP, ConvertNetUtils
-from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
 
 __all__ = ["thor", "ThorOptimizer"]
 
 _LOG = logging.getLogger("ms_optim")
 _NAME = "thor"
-_F32_EPS = 2.0 ** -23
 CLIP_NORM = 1.0
 
 
@@ -50,11 +47,6 @@ def _validate_schedule(value, arg_name):
     if not np.all(np.isfinite(arr)) or np.any(arr < 0):
         raise ValueError(f"For '{_NAME}', every value of '{arg_name}' must be finite and >= 0.")
     return arr.astype(np.float32).reshape(-1)
-
-
-def _identity_blocks(d, block, groups=1):
-    nb, s, _ = kfac.block_geometry(d, block)
-    return np.broadcast_to(np.eye(s, dtype=np.float32), (groups * nb, s, s)).copy()
 
 
 _UNDRIVEN_WARNED = []
@@ -124,25 +116,26 @@ class ThorOptimizer(nn.Optimizer):
         self.stat_loss_scale = ParameterTuple(())
 
         # --- map parameters to layers (by identity, never by name counting) -------------------
+        # every THOR layer's curvature is its block (ms_optim.thor.blocks); LayerNorm scale and
+        # shift get the per-parameter LayerNorm rule
         pid = {id(p): i for i, p in enumerate(self._parameters)}
-        layers, kinds, widx = [], [], []
+        layers, widx = [], []
         ln_idx = set()
         for _, cell in net.cells_and_names():
-            if isinstance(cell, (DenseThor, Conv2dThor)) and id(cell.weight) in pid:
-                layers.append(cell)
-                kinds.append("kron")
-                widx.append(pid[id(cell.weight)])
-            elif isinstance(cell, (EmbeddingThor, EmbeddingLookupThor)) \
-                    and id(cell.embedding_table) in pid:
-                layers.append(cell)
-                kinds.append("embed")
-                widx.append(pid[id(cell.embedding_table)])
+            block_cls = blocks.block_class_for(cell)
+            if block_cls is not None:
+                block = block_cls(cell)
+                if id(block.weight) in pid:
+                    layers.append(block)
+                    widx.append(pid[id(block.weight)])
             elif isinstance(cell, nn.LayerNorm):
                 for p in (cell.gamma, cell.beta):
                     if id(p) in pid:
                         ln_idx.add(pid[id(p)])
+        #: the curvature block of every preconditioned layer, in network order
+        self.blocks = tuple(layers)
         self.n_layers = len(layers)
-        self._layer_kind = tuple(kinds)
+        self._layer_kind = tuple(blocks.kind_of(type(b)) for b in layers)
         self._layer_of_param = tuple(widx.index(i) if i in widx else -1
                                      for i in range(len(self._parameters)))
         self._is_layernorm = tuple(i in ln_idx for i in range(len(self._parameters)))
@@ -155,33 +148,20 @@ class ThorOptimizer(nn.Optimizer):
                                        requires_grad=False)
         # The layers' statistics, held unregistered (plain tuples) like in the layers: not in
         # parameters_and_names(), hence not checkpointed (the next refresh recomputes them).
-        object.__setattr__(self, "stat_a", tuple(c.matrix_a for c in layers))
-        object.__setattr__(self, "stat_g", tuple(c.matrix_g for c in layers))
-        object.__setattr__(self, "stat_t", tuple(c.thor_t for c in layers))
-        object.__setattr__(self, "stat_n", (layers[0].thor_n,) if layers else ())
+        object.__setattr__(self, "stat_a", tuple(b.cell.matrix_a for b in layers))
+        object.__setattr__(self, "stat_g", tuple(b.cell.matrix_g for b in layers))
+        object.__setattr__(self, "stat_t", tuple(b.cell.thor_t for b in layers))
+        object.__setattr__(self, "stat_n", (layers[0].cell.thor_n,) if layers else ())
 
-        a_inv, g_inv, t_keep, costs, dims = [], [], [], [], []
-        groups = tuple(cell.thor_groups for cell in layers)
-        for k, cell in enumerate(layers):
+        a_inv, g_inv, t_keep = [], [], []
+        for k, block in enumerate(layers):
             wname = self._parameters[widx[k]].name
-            if kinds[k] == "kron":
-                d_a, d_g = cell.thor_dims
-            else:
-                d_a, d_g = cell.matrix_a.shape[0], cell.matrix_g.shape[0]
-            dims.append((d_a, d_g))
-            if kinds[k] == "kron":
-                a0 = _identity_blocks(d_a, kfac.BLOCK_SIZE, groups[k])
-                g0 = _identity_blocks(d_g, kfac.BLOCK_SIZE, groups[k])
-                costs.append(float(a0.shape[0] * a0.shape[1] ** 3 + g0.shape[0] * g0.shape[1] ** 3))
-            else:
-                a0 = np.ones((d_a,), np.float32)
-                g0 = np.eye(d_g, dtype=np.float32)[None]
-                costs.append(float(d_a + d_g ** 3))
+            a0, g0 = block.initial_inverses()
             a_inv.append(Parameter(Tensor(a0), name=f"thor_a_inv.{wname}", requires_grad=False))
             g_inv.append(Parameter(Tensor(g0), name=f"thor_g_inv.{wname}", requires_grad=False))
             t_keep.append(Parameter(Tensor(1.0, ms.float32), name=f"thor_t.{wname}",
                                     requires_grad=False))
-        self._dims = tuple(dims)
+        dims = tuple(b.dims() for b in layers)
         self.a_inv = ParameterTuple(a_inv)
         self.g_inv = ParameterTuple(g_inv)
         self.t_keep = ParameterTuple(t_keep)
@@ -192,11 +172,11 @@ class ThorOptimizer(nn.Optimizer):
         self.factor_decay = factor_decay
         avg_a, avg_g, avg_w = [], [], []
         if factor_decay is not None:
-            for k, cell in enumerate(layers):
+            for k, block in enumerate(layers):
                 wname = self._parameters[widx[k]].name
-                avg_a.append(Parameter(Tensor(np.zeros(cell.matrix_a.shape, np.float32)),
+                avg_a.append(Parameter(Tensor(np.zeros(block.cell.matrix_a.shape, np.float32)),
                                        name=f"thor_avg_a.{wname}", requires_grad=False))
-                avg_g.append(Parameter(Tensor(np.zeros(cell.matrix_g.shape, np.float32)),
+                avg_g.append(Parameter(Tensor(np.zeros(block.cell.matrix_g.shape, np.float32)),
                                        name=f"thor_avg_g.{wname}", requires_grad=False))
                 avg_w.append(Parameter(Tensor(0.0, ms.float32), name=f"thor_avg_w.{wname}",
                                        requires_grad=False))
@@ -206,18 +186,18 @@ class ThorOptimizer(nn.Optimizer):
         add_nonfinite_state(self, len(self._parameters))
 
         # --- data parallel seam (ms_optim.thor._parallel) ------------------------------------
-        self.dp = _parallel.ThorDataParallel(split_indices, costs, distribute_inversion)
+        self.dp = _parallel.ThorDataParallel(split_indices, [b.inversion_cost() for b in layers],
+                                             distribute_inversion)
 
         # --- aligned tuples for the hyper_map'ed graph functions ------------------------------
-        self._kron_flags = tuple(kind == "kron" for kind in kinds)
         self._dims_a = tuple(d[0] for d in dims)
         self._dims_g = tuple(d[1] for d in dims)
         param_kind, pp_g, pp_a, pp_t, pp_groups = [], [], [], [], []
         for i in range(len(self._parameters)):
             k = self._layer_of_param[i]
-            pp_groups.append(groups[k] if k >= 0 else 1)
+            pp_groups.append(layers[k].groups if k >= 0 else 1)
             if k >= 0:
-                param_kind.append(_KIND_KRON if kinds[k] == "kron" else _KIND_EMBED)
+                param_kind.append(self._layer_kind[k])
                 pp_g.append(self.g_inv[k])
                 pp_a.append(self.a_inv[k])
                 pp_t.append(self.t_keep[k])
@@ -273,7 +253,7 @@ class ThorOptimizer(nn.Optimizer):
                                             self.thor_avg_a, self.thor_avg_g,
                                             self.thor_factor_weight, stat_a, stat_g))
             stat_a, stat_g = means[0::2], means[1::2]
-        bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._kron_flags, self._dims_a,
+        bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._layer_kind, self._dims_a,
                               self._dims_g, self.dp.owns_tuple(), stat_a, stat_g, self.stat_t,
                               self.a_inv, self.g_inv)
         bufs = self.dp.share_inverses(_flatten(bufs))
@@ -336,7 +316,9 @@ class ThorOptimizer(nn.Optimizer):
 
 
 # ---- graph functions (mapped with hyper_map) -------------------------------------------------
-_KIND_PLAIN, _KIND_KRON, _KIND_EMBED, _KIND_LAYERNORM = 0, 1, 2, 3
+#: parameter kinds of the rules without a block (a block's kind is its index in BLOCK_KINDS)
+_KIND_PLAIN, _KIND_LAYERNORM = -1, -2
+_BLOCK_KINDS = blocks.BLOCK_KINDS
 
 
 def _flatten(pairs):
@@ -393,51 +375,16 @@ def _read_stat_layer(gradients, scale, stat):
     return stat
 
 
-def _invert_factors(spd_block_inverse, lam, is_kron, d_a, d_g, a, g, t):
-    """Damped inverses of one layer with the fault guard; returns (a_inv, g_inv, ok float)."""
-    finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
-    if is_kron:
-        delta = kfac.factored_damping(lam, t)
-        block = kfac.BLOCK_SIZE
-    else:
-        delta = ops.sqrt(lam)
-        block = g.shape[0]
-    # kron: a and g are (n_b, s, s) diagonal blocks; embed: g is (E, E)
-    scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
-    if is_kron:
-        scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
-    tol = g.shape[-1] * _F32_EPS
-    ok = ops.logical_and(finite, delta > tol * scale)
-    if not is_kron:
-        ok = ops.logical_and(ok, delta > 0)
-    zero = ops.zeros((), ms.float32)
-    # A rejected factor is replaced by I (zeros + delta 1) so that Cholesky never fails.
-    safe_delta = ops.where(ok, delta, ops.ones((), ms.float32))
-    a_safe = ops.where(ok, a, zero)
-    g_safe = ops.where(ok, g, zero)
-    if is_kron:
-        a_new = kfac.damped_inverse_of_blocks(a_safe, d_a, safe_delta, spd_block_inverse)
-        g_new = kfac.damped_inverse_of_blocks(g_safe, d_g, safe_delta, spd_block_inverse)
-    else:
-        a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
-        g_new = kfac.damped_block_inverse(g_safe, safe_delta, block,
-                                          kfac.spd_block_inverse_cholesky)
-    ok = ops.logical_and(ok, ops.logical_and(ops.isfinite(a_new).all(),
-                                             ops.isfinite(g_new).all()))
-    okf = ops.cast(ok, ms.float32)
-    return a_new * okf, g_new * okf, okf
-
-
 def _make_invert_fn(spd_block_inverse):
     """Per-layer inversion graph for one kernel set (the kernel is a closure constant)."""
     fn = ops.MultitypeFuncGraph("thor_invert_layer")
 
-    @fn.register("Tensor", "Bool", "Number", "Number", "Bool", "Tensor", "Tensor", "Tensor",
+    @fn.register("Tensor", "Number", "Number", "Number", "Bool", "Tensor", "Tensor", "Tensor",
                  "Tensor", "Tensor")
-    def _invert_layer(lam, is_kron, d_a, d_g, owns, a, g, stat_t, a_old, g_old):
+    def _invert_layer(lam, kind, d_a, d_g, owns, a, g, stat_t, a_old, g_old):
         if owns:
             t = ops.depend(stat_t, a)
-            a_new, g_new, okf = _invert_factors(spd_block_inverse, lam, is_kron, d_a, d_g, a, g, t)
+            a_new, g_new, okf = _BLOCK_KINDS[kind].invert(spd_block_inverse, lam, d_a, d_g, a, g, t)
             tk = ops.depend(stat_t, a) * okf
         else:
             # not constants: the sharing all-reduce must not be scheduled before the
@@ -478,16 +425,9 @@ _thor_precondition = ops.MultitypeFuncGraph("thor_precondition")
 def _thor_precondition_param(token, lam, n_batch, kind, groups, g_inv, a_inv, t, grad):
     """Precondition one gradient by its rule (float32)."""
     grad = ops.cast(grad, ms.float32)
-    if kind == _KIND_KRON:
-        g_inv = ops.depend(g_inv, token)
-        shape = grad.shape
-        g2 = ops.reshape(grad, (shape[0], -1))
-        g2 = kfac.kron_precondition(g_inv, g2, ops.depend(a_inv, token), ops.depend(t, token),
-                                    groups)
-        grad = ops.reshape(g2, shape)
-    elif kind == _KIND_EMBED:
-        grad = kfac.embedding_precondition(ops.depend(a_inv, token), grad,
-                                           ops.depend(g_inv, token)[0])
+    if kind >= 0:
+        grad = _BLOCK_KINDS[kind].precondition(ops.depend(g_inv, token), ops.depend(a_inv, token),
+                                               ops.depend(t, token), grad, groups)
     elif kind == _KIND_LAYERNORM:
         grad = kfac.layernorm_precondition(grad, n_batch, lam)
     return grad

@@ -1,0 +1,287 @@
+r"""Curvature blocks: what THOR does for each kind of layer, in one class per kind.
+
+A block class owns, for the layers of its kind, the shapes of the inverses and their initial
+values, the inversion cost (used to balance ``distribute_inversion``), the damped inversion with
+its fault guard, and the preconditioning rule; the optimizer only maps them over the layers.
+The formulas themselves are the pure functions of :mod:`ms_optim.ops.kfac`.
+
+* :class:`KroneckerBlock` (``DenseThor``, ``Conv2dThor``, grouped convolutions per group):
+  :math:`\tilde g = \frac{1}{T}\hat G^{-1}_{bd}\nabla W \hat A^{-1}_{bd}` with 128-block inverses
+  of :math:`A + \delta I`, :math:`G + \delta I`, :math:`\delta = \sqrt{\lambda/T}`.
+* :class:`EmbeddingBlock` (``EmbeddingThor``, ``EmbeddingLookupThor``): diagonal :math:`A`
+  (token frequencies), full :math:`G`, :math:`\delta = \sqrt{\lambda}`.
+* The LayerNorm rule needs no statistics and no inverse: it is a per-parameter rule
+  (:func:`ms_optim.ops.kfac.layernorm_precondition`) applied by the optimizer.
+
+The registry maps THOR layer classes to block classes. It is filled for the built-in layers
+here and by :func:`ms_optim.register_thor_layer` (``block=``) for user layers; a layer class
+without a block is never converted (:class:`ms_optim.ConvertNetUtils` raises ``TypeError``).
+
+Extension point: a subclass of :class:`CurvatureBlock` implements the static graph functions
+:meth:`~CurvatureBlock.invert` and :meth:`~CurvatureBlock.precondition` and the host-side
+:meth:`~CurvatureBlock.inverse_shapes`; its layer collects the statistics ``matrix_a``,
+``matrix_g``, ``thor_t`` and ``thor_n`` (as the built-in layers do) on refresh steps.
+"""
+import numpy as np
+
+import mindspore as ms
+from mindspore import ops
+
+from ..ops import kfac
+
+__all__ = ["CurvatureBlock", "KroneckerBlock", "EmbeddingBlock", "register_block",
+           "block_class_for", "BLOCK_KINDS"]
+
+_F32_EPS = 2.0 ** -23
+
+#: Block classes in registration order; a class's index is its ``kind`` in the compiled graphs.
+BLOCK_KINDS = []
+#: THOR layer class -> block class.
+_BLOCK_OF_LAYER = {}
+_STATISTICS = ("matrix_a", "matrix_g", "thor_t", "thor_n")
+
+
+def _guard(delta, scale, a, g):
+    """The fault guard of a damped inversion: ``ok`` and the inputs made safe.
+
+    ``ok`` is False for non-finite statistics or a damping too small for float32 Cholesky
+    (:math:`\\delta \\le s\\, 2^{-23} \\max\\operatorname{diag}`); a rejected factor is replaced by
+    :math:`I` (zeros and :math:`\\delta = 1`) so that the inversion never fails.
+    """
+    finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
+    tol = g.shape[-1] * _F32_EPS
+    ok = ops.logical_and(finite, delta > tol * scale)
+    return ok
+
+
+def _safe(ok, delta, a, g):
+    zero = ops.zeros((), ms.float32)
+    return ops.where(ok, delta, ops.ones((), ms.float32)), ops.where(ok, a, zero), \
+        ops.where(ok, g, zero)
+
+
+def _checked(ok, a_new, g_new):
+    """Reject non-finite inverses too; returns ``(a_inv, g_inv, ok as 0./1.)``, zeros if bad."""
+    ok = ops.logical_and(ok, ops.logical_and(ops.isfinite(a_new).all(),
+                                             ops.isfinite(g_new).all()))
+    okf = ops.cast(ok, ms.float32)
+    return a_new * okf, g_new * okf, okf
+
+
+class CurvatureBlock:
+    """Base class of the curvature blocks (one instance per preconditioned layer).
+
+    A subclass gives a new kind of layer its curvature rule: the host-side shapes and initial
+    values of the inverses, and two static graph functions, :meth:`invert` (refresh steps) and
+    :meth:`precondition` (every step), which the optimizer maps over the layers of the kind.
+    Register it for a layer with ``ms_optim.register_thor_layer(layer_cls, converter,
+    block=MyBlock)``.
+
+    Args:
+        cell (Cell): the THOR layer.
+
+    Examples:
+        >>> import numpy as np
+        >>> import mindspore as ms
+        >>> from mindspore import nn
+        >>> import ms_optim
+        >>> from ms_optim.thor.blocks import KroneckerBlock
+        >>> class DoubleDamping(KroneckerBlock):  # the Kronecker rule at twice the damping
+        ...     @staticmethod
+        ...     def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        ...         return KroneckerBlock.invert(spd_block_inverse, 2 * lam, d_a, d_g, a, g, t)
+        >>> class MyDense(nn.Dense):
+        ...     pass
+        >>> class MyDenseThor(ms_optim.DenseThor):
+        ...     pass
+        >>> def convert(cell):
+        ...     new = MyDenseThor(cell.in_channels, cell.out_channels)
+        ...     new.weight, new.bias = cell.weight, cell.bias
+        ...     return new
+        >>> ms_optim.register_thor_layer(MyDense, convert, block=DoubleDamping)
+        >>> net = nn.SequentialCell([MyDense(4, 3), nn.Dense(3, 2)])
+        >>> opt = ms_optim.thor(net, ms.Tensor(0.1, ms.float32), ms.Tensor(0.03, ms.float32), 0.9)
+        >>> [type(b).__name__ for b in opt.blocks]
+        ['DoubleDamping', 'KroneckerBlock']
+    """
+
+    #: attribute of the layer holding the preconditioned weight
+    weight_name = "weight"
+
+    def __init__(self, cell):
+        self.cell = cell
+        #: independent factor pairs of the layer (the groups of a grouped convolution)
+        self.groups = getattr(cell, "thor_groups", 1)
+
+    @property
+    def weight(self):
+        """The preconditioned Parameter."""
+        return getattr(self.cell, self.weight_name)
+
+    def dims(self):
+        """``(d_a, d_g)``: the sizes :meth:`invert` receives as ``d_a``, ``d_g``."""
+        raise NotImplementedError
+
+    def inverse_shapes(self):
+        """Shapes of the stored inverses ``(A^-1, G^-1)``."""
+        raise NotImplementedError
+
+    def initial_inverses(self):
+        """float32 arrays ``(A^-1, G^-1)`` used before the first refresh (identities)."""
+        raise NotImplementedError
+
+    def inversion_cost(self):
+        """Relative cost of one inversion (balances ``distribute_inversion``)."""
+        a, g = self.inverse_shapes()
+        return float(sum(int(np.prod(s[:-2] or (1,))) * s[-1] ** 3 for s in (a, g) if len(s) >= 2)
+                     + sum(s[0] for s in (a, g) if len(s) == 1))
+
+    @staticmethod
+    def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        """Graph function: damped inverses of one layer's statistics with the fault guard.
+
+        Returns ``(a_inv, g_inv, ok)``: ``ok`` 1.0 if accepted, else 0.0 and zero inverses.
+        """
+        raise NotImplementedError
+
+    @staticmethod
+    def precondition(g_inv, a_inv, t, grad, groups):
+        """Graph function: the preconditioned float32 gradient of the layer's weight."""
+        raise NotImplementedError
+
+
+class KroneckerBlock(CurvatureBlock):
+    r"""Dense / Conv2d: 128-block Kronecker factors, one pair per group.
+
+    .. math::
+
+        \tilde g^{(j)} = \frac{1}{T}\hat G^{(j)-1}_{bd}\,\nabla W^{(j)}\,\hat A^{(j)-1}_{bd},
+        \qquad \delta = \sqrt{\lambda/T}
+    """
+
+    def dims(self):
+        return self.cell.thor_dims
+
+    def inverse_shapes(self):
+        out = []
+        for d in self.dims():
+            nb, s, _ = kfac.block_geometry(d)
+            out.append((self.groups * nb, s, s))
+        return tuple(out)
+
+    def initial_inverses(self):
+        return tuple(np.broadcast_to(np.eye(s[-1], dtype=np.float32), s).copy()
+                     for s in self.inverse_shapes())
+
+    @staticmethod
+    def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        delta = kfac.factored_damping(lam, t)
+        scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
+        scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
+        ok = _guard(delta, scale, a, g)
+        safe_delta, a_safe, g_safe = _safe(ok, delta, a, g)
+        a_new = kfac.damped_inverse_of_blocks(a_safe, d_a, safe_delta, spd_block_inverse)
+        g_new = kfac.damped_inverse_of_blocks(g_safe, d_g, safe_delta, spd_block_inverse)
+        return _checked(ok, a_new, g_new)
+
+    @staticmethod
+    def precondition(g_inv, a_inv, t, grad, groups):
+        shape = grad.shape
+        g2 = kfac.kron_precondition(g_inv, ops.reshape(grad, (shape[0], -1)), a_inv, t, groups)
+        return ops.reshape(g2, shape)
+
+
+class EmbeddingBlock(CurvatureBlock):
+    r"""Embedding tables: diagonal :math:`A` (token frequencies), full :math:`G`.
+
+    .. math::
+
+        \tilde g = \operatorname{diag}(a + \delta)^{-1}\,\nabla E\,(G + \delta I)^{-1},
+        \qquad \delta = \sqrt{\lambda}
+    """
+
+    weight_name = "embedding_table"
+
+    def dims(self):
+        return self.cell.matrix_a.shape[0], self.cell.matrix_g.shape[0]
+
+    def inverse_shapes(self):
+        d_a, d_g = self.dims()
+        return (d_a,), (1, d_g, d_g)
+
+    def initial_inverses(self):
+        d_a, d_g = self.dims()
+        return np.ones((d_a,), np.float32), np.eye(d_g, dtype=np.float32)[None]
+
+    @staticmethod
+    def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        delta = ops.sqrt(lam)
+        scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
+        ok = ops.logical_and(_guard(delta, scale, a, g), delta > 0)
+        safe_delta, a_safe, g_safe = _safe(ok, delta, a, g)
+        a_new = kfac.embedding_damped_inverse(a_safe, safe_delta)
+        g_new = kfac.damped_block_inverse(g_safe, safe_delta, g.shape[0],
+                                          kfac.spd_block_inverse_cholesky)
+        return _checked(ok, a_new, g_new)
+
+    @staticmethod
+    def precondition(g_inv, a_inv, t, grad, groups):
+        return kfac.embedding_precondition(a_inv, grad, g_inv[0])
+
+
+def _keep_whole_under_rewrite(cls):
+    """Make the THOR layers opaque to ``mindspore.rewrite`` (used by ``amp_level="O1"``).
+
+    O1 regenerates a network's Python source, descending into every user cell and the functions
+    its ``construct`` calls, and casts the whitelisted primitives it finds to float16. Inside a
+    THOR layer that would cast the covariance matmuls of the statistics (which must stay
+    float32), and the regenerated module loses module-level names (``NameError``). Cells listed
+    in the rewrite's subtree black list are kept as one call of the original object instead.
+    """
+    try:
+        from mindspore.rewrite.common import namespace
+    except ImportError:  # no rewrite package: nothing descends into the layers
+        return
+    black = getattr(namespace, "_subtree_black_list", None)
+    if isinstance(black, list):
+        if cls not in black:
+            black.append(cls)
+
+
+def register_block(layer_cls, block_cls):
+    """Precondition the THOR layer class `layer_cls` (and its subclasses) with `block_cls`.
+
+    Raises:
+        TypeError: If `block_cls` is not a :class:`CurvatureBlock` subclass, or `layer_cls` is
+            already preconditioned by another block (return a subclass of it instead).
+    """
+    if not (isinstance(block_cls, type) and issubclass(block_cls, CurvatureBlock)):
+        raise TypeError("For 'register_thor_layer', the argument 'block' must be a "
+                        f"CurvatureBlock subclass, but got {block_cls!r}.")
+    current = _BLOCK_OF_LAYER.get(layer_cls)
+    if current is not None and current is not block_cls:
+        raise TypeError(f"For 'register_thor_layer', {layer_cls.__name__} is preconditioned by "
+                        f"{current.__name__}: to use {block_cls.__name__}, let the converter "
+                        f"return a subclass of {layer_cls.__name__}.")
+    if block_cls not in BLOCK_KINDS:
+        BLOCK_KINDS.append(block_cls)
+    _BLOCK_OF_LAYER[layer_cls] = block_cls
+    _keep_whole_under_rewrite(layer_cls)
+
+
+def block_class_for(cell):
+    """The block class of a THOR layer (exact class, else its nearest registered base), or None."""
+    for cls in type(cell).__mro__:
+        if cls in _BLOCK_OF_LAYER:
+            return _BLOCK_OF_LAYER[cls]
+    return None
+
+
+def missing_statistics(cell):
+    """Names of the statistics a THOR layer must carry that `cell` lacks."""
+    return [n for n in _STATISTICS if not hasattr(cell, n)]
+
+
+def kind_of(block_cls):
+    """The graph-side ``kind`` constant of a block class (its index in :data:`BLOCK_KINDS`)."""
+    return BLOCK_KINDS.index(block_cls)
