@@ -159,15 +159,18 @@ class KroneckerBlock(CurvatureBlock):
         \qquad \delta = \sqrt{\lambda/T}
     """
 
+    @staticmethod
+    def block_shape(d, groups=1):
+        """``(groups n_b, s, s)``: the diagonal blocks of ``groups`` factors of size ``d``, the
+        shape of a statistic (``matrix_a``, ``matrix_g``) and of its inverse."""
+        nb, s, _ = kfac.block_geometry(d)
+        return (groups * nb, s, s)
+
     def dims(self):
         return self.cell.thor_dims
 
     def inverse_shapes(self):
-        out = []
-        for d in self.dims():
-            nb, s, _ = kfac.block_geometry(d)
-            out.append((self.groups * nb, s, s))
-        return tuple(out)
+        return tuple(self.block_shape(d, self.groups) for d in self.dims())
 
     def initial_inverses(self):
         return tuple(np.broadcast_to(np.eye(s[-1], dtype=np.float32), s).copy()

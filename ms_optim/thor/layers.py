@@ -36,13 +36,6 @@ from .blocks import EmbeddingBlock, KroneckerBlock, register_block
 __all__ = ["DenseThor", "Conv2dThor", "EmbeddingThor", "EmbeddingLookupThor", "THOR_LAYERS"]
 
 
-def _block_shape(d, groups=1):
-    """Shape of the diagonal-block statistic of ``groups`` factors of size ``d x d``:
-    ``(groups n_b, s, s)``."""
-    nb, s, _ = kfac.block_geometry(d)
-    return (groups * nb, s, s)
-
-
 class _StatsMixin:
     """Statistic Parameters shared by all THOR layers."""
 
@@ -140,7 +133,8 @@ class DenseThor(nn.Dense, _StatsMixin):
                  has_bias=True, activation=None):
         super().__init__(in_channels, out_channels, weight_init=weight_init, bias_init=bias_init,
                          has_bias=has_bias, activation=activation)
-        self._init_stats(_block_shape(in_channels), _block_shape(out_channels),
+        self._init_stats(KroneckerBlock.block_shape(in_channels),
+                         KroneckerBlock.block_shape(out_channels),
                          (in_channels, out_channels))
 
     def _save_gradient(self, dout):
@@ -243,7 +237,8 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         d_in = in_channels * kh * kw
         # per group: (C_in / g) k_h k_w patch columns (contiguous in P) and C_out / g outputs
         d_in_g, d_out_g = d_in // group, out_channels // group
-        self._init_stats(_block_shape(d_in_g, group), _block_shape(d_out_g, group),
+        self._init_stats(KroneckerBlock.block_shape(d_in_g, group),
+                         KroneckerBlock.block_shape(d_out_g, group),
                          (d_in_g, d_out_g), group)
         kernel = np.zeros((d_in, 1, kh, kw), np.float32)
         for c in range(in_channels):
