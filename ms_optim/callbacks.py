@@ -7,11 +7,13 @@ import warnings
 
 import numpy as np
 
+import mindspore as ms
+from mindspore import Tensor
 from mindspore.train import Callback
 
 from ._validation import check_int, check_type
 
-__all__ = ["OptimizerMonitor"]
+__all__ = ["OptimizerMonitor", "factor_condition"]
 
 _LOG = logging.getLogger("ms_optim")
 
@@ -24,6 +26,42 @@ def _array(value):
     return np.asarray(value.asnumpy() if hasattr(value, "asnumpy") else value).reshape(-1)
 
 
+def factor_condition(inverse, d):
+    r"""Condition number of a damped Kronecker factor from its stored inverse (host, float64).
+
+    .. math::
+
+        \kappa = \max_b \frac{\lambda_{\max}(\hat B_b^{-1})}{\lambda_{\min}(\hat B_b^{-1})}
+        = \max_b \kappa(B_b + \delta I)
+
+    over the diagonal blocks :math:`\hat B_b^{-1}` of one factor (each group's :math:`n_b`
+    blocks of size :math:`s`; only the first :math:`d - (n_b - 1)s` rows and columns of a
+    group's last block are the factor's, the rest is identity padding and is left out). A 1-D
+    `inverse` is a diagonal factor (embedding :math:`\operatorname{diag}(a + \delta)^{-1}`).
+
+    Args:
+        inverse (numpy.ndarray): ``(g n_b, s, s)`` block inverses, or ``(d,)`` diagonal.
+        d (int): :math:`d`, the size of the factor (per group).
+
+    Returns:
+        float, :math:`\kappa` (``inf`` if an inverse is singular, e.g. zeroed by a fault).
+    """
+    inv = np.asarray(inverse, np.float64)
+    if inv.ndim == 1:
+        vals = np.abs(inv)
+        return float(vals.max() / vals.min()) if vals.min() > 0 else float("inf")
+    s = inv.shape[-1]
+    nb = -(-d // s)
+    worst = 1.0
+    for b in range(inv.shape[0]):
+        size = d - (nb - 1) * s if b % nb == nb - 1 else s
+        ev = np.linalg.eigvalsh(inv[b, :size, :size])
+        if ev.min() <= 0:
+            return float("inf")
+        worst = max(worst, float(ev.max() / ev.min()))
+    return worst
+
+
 class OptimizerMonitor(Callback):
     r"""Write what THOR or LARS did at each step to a JSON-lines file (and a PNG at the end).
 
@@ -33,7 +71,11 @@ class OptimizerMonitor(Callback):
       ``loss``, ``seconds`` (wall-clock time of the step, host side), ``lr``;
     * THOR (:func:`ms_optim.thor`): ``refresh`` (whether the step refreshed the inverses),
       ``damping`` (:math:`\lambda_t`), ``faults`` (per-layer ``thor_fault_count``), ``kl_scale``
-      (:math:`\nu` of `kl_clip`, when the optimizer has one);
+      (:math:`\nu` of `kl_clip`, when the optimizer has one); on refresh steps also, per
+      layer, ``layer_damping`` (the :math:`\delta` added to its factors: :math:`\sqrt{\lambda_t / T}`
+      for Dense/Conv2d, :math:`\sqrt{\lambda_t}` for embeddings) and ``condition`` (the larger
+      condition number of its two damped factors, :func:`ms_optim.callbacks.factor_condition`,
+      computed on the host from the stored inverses);
     * LARS (:class:`ms_optim.LARS`): ``trust_min`` / ``trust_median`` / ``trust_max`` of the
       trust ratios :math:`\tau` of the adapted parameters, and ``clipped_fraction`` (share of
       ratios at the clip bounds 0 or 1 with `use_clip`), when the optimizer records them.
@@ -199,6 +241,13 @@ class OptimizerMonitor(Callback):
         self._faults = faults.copy()
         if hasattr(opt, "thor_kl_scale"):
             row["kl_scale"] = _scalar(opt.thor_kl_scale)
+        if row["refresh"] and hasattr(opt, "blocks"):
+            lam = Tensor(row["damping"], ms.float32)
+            row["layer_damping"] = [_scalar(type(b).delta(lam, t))
+                                    for b, t in zip(opt.blocks, opt.t_keep)]
+            row["condition"] = [max(factor_condition(opt.a_inv[k].asnumpy(), d_a),
+                                    factor_condition(opt.g_inv[k].asnumpy(), d_g))
+                                for k, (d_a, d_g) in enumerate(b.dims() for b in opt.blocks)]
 
     def _lars_row(self, row):
         tau = _array(self.optimizer.lars_trust)
@@ -224,6 +273,8 @@ class OptimizerMonitor(Callback):
         panels = [("loss", "loss"), ("seconds", "step time (s)")]
         if "kl_scale" in rows[0]:
             panels.append(("kl_scale", "KL-clip factor"))
+        if any("condition" in r for r in rows):
+            panels.append(("condition", "largest factor condition (refresh)"))
         if "trust_median" in rows[0]:
             panels.append(("trust_median", "median trust ratio"))
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))
@@ -235,6 +286,10 @@ class OptimizerMonitor(Callback):
                     if pts:
                         ax.plot(*zip(*pts), ".", label=label)
                 ax.legend()
+            elif key == "condition":
+                pts = [(s, max(v)) for s, v in zip(steps, vals) if v]
+                if pts:
+                    ax.semilogy(*zip(*pts), "o-")
             else:
                 ax.plot(steps, vals)
             ax.set_title(title)

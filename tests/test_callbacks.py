@@ -90,3 +90,40 @@ def test_lars_trust_ratios_recorded_and_match_float64(mode, use_clip):
         want.append(min(max(tau / lr, 0.0), 1.0) if use_clip else tau)
     np.testing.assert_allclose(opt.lars_trust.asnumpy(), want, rtol=1e-5)
     assert "lars_trust" not in {p.name for p in opt.get_parameters()}  # not checkpointed
+
+
+def test_refresh_rows_layer_damping_and_condition(tmp_path):
+    """On refresh steps: per layer delta = sqrt(lambda / T) and the larger condition number of
+    the two damped factors, against float64 NumPy on the layer's statistics (grouped conv,
+    depthwise conv, a Dense whose 504-wide A has a padded last block)."""
+    rng = np.random.default_rng(3)
+    spec = H.grouped_conv_spec(rng)
+    net = H.build_net(spec)
+    lam = 4.0  # the Dense's delta = 2 > 1: counting the identity padding would change its kappa
+    opt = ms_optim.thor(net, Tensor(0.01, ms.float32), Tensor(lam, ms.float32), 0.9, frequency=2)
+    loss = H.loss_fn()
+    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
+                                                             loss, opt)
+    x = rng.standard_normal((6, 4, 7, 6)).astype(np.float32)
+    y = rng.integers(0, 4, 6).astype(np.int32)
+    data = ms.dataset.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(3)
+    mon = ms_optim.OptimizerMonitor(str(tmp_path / "m.jsonl"), opt)
+    model.train(1, data, callbacks=[mon], dataset_sink_mode=False)
+    rows = mon.rows
+    assert [r["refresh"] for r in rows] == [True, False] and "condition" not in rows[1]
+    layers = [net[0], net[2], net[5]]
+    for k, layer in enumerate(layers):
+        t = float(layer.thor_t.asnumpy())
+        delta = np.sqrt(lam / t)
+        assert rows[0]["layer_damping"][k] == pytest.approx(delta, rel=1e-6)
+        want = 1.0
+        for stat, d in ((layer.matrix_a.asnumpy(), layer.thor_dims[0]),
+                        (layer.matrix_g.asnumpy(), layer.thor_dims[1])):
+            s = stat.shape[-1]
+            nb = -(-d // s)
+            for b in range(stat.shape[0]):
+                size = d - (nb - 1) * s if b % nb == nb - 1 else s
+                blk = stat[b, :size, :size].astype(np.float64) + delta * np.eye(size)
+                want = max(want, np.linalg.cond(blk))
+        assert rows[0]["condition"][k] == pytest.approx(want, rel=2e-3), k
+    assert layers[2].matrix_a.shape == (4, 128, 128)  # 504 = 3 * 128 + 120: padded last block

@@ -42,12 +42,9 @@ _STATISTICS = ("matrix_a", "matrix_g", "thor_t", "thor_n")
 
 
 def _guard(delta, scale, a, g):
-    """The fault guard of a damped inversion: ``ok`` and the inputs made safe.
-
-    ``ok`` is False for non-finite statistics or a damping too small for float32 Cholesky
-    (:math:`\\delta \\le s\\, 2^{-23} \\max\\operatorname{diag}`); a rejected factor is replaced by
-    :math:`I` (zeros and :math:`\\delta = 1`) so that the inversion never fails.
-    """
+    """The fault guard of a damped inversion: False for non-finite statistics or a damping too
+    small for float32 Cholesky (:math:`\\delta \\le s\\, 2^{-23} \\max\\operatorname{diag}`,
+    ``scale`` the largest diagonal entry)."""
     finite = ops.logical_and(ops.isfinite(a).all(), ops.isfinite(g).all())
     tol = g.shape[-1] * _F32_EPS
     ok = ops.logical_and(finite, delta > tol * scale)
@@ -55,6 +52,8 @@ def _guard(delta, scale, a, g):
 
 
 def _safe(ok, delta, a, g):
+    """``(delta, a, g)``, with a rejected factor replaced by :math:`I` (zeros and
+    :math:`\\delta = 1`) so that the inversion never fails."""
     zero = ops.zeros((), ms.float32)
     return ops.where(ok, delta, ops.ones((), ms.float32)), ops.where(ok, a, zero), \
         ops.where(ok, g, zero)
@@ -137,6 +136,12 @@ class CurvatureBlock:
                      + sum(s[0] for s in (a, g) if len(s) == 1))
 
     @staticmethod
+    def delta(lam, t):
+        """The damping :math:`\\delta` added to the layer's factors at damping :math:`\\lambda`
+        (Tensor) and :math:`T` output locations per sample."""
+        raise NotImplementedError
+
+    @staticmethod
     def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
         """Graph function: damped inverses of one layer's statistics with the fault guard.
 
@@ -177,8 +182,12 @@ class KroneckerBlock(CurvatureBlock):
                      for s in self.inverse_shapes())
 
     @staticmethod
+    def delta(lam, t):
+        return kfac.factored_damping(lam, t)
+
+    @staticmethod
     def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
-        delta = kfac.factored_damping(lam, t)
+        delta = KroneckerBlock.delta(lam, t)
         scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
         scale = ops.maximum(scale, ops.diagonal(a, 0, -2, -1).max())
         ok = _guard(delta, scale, a, g)
@@ -217,8 +226,12 @@ class EmbeddingBlock(CurvatureBlock):
         return np.ones((d_a,), np.float32), np.eye(d_g, dtype=np.float32)[None]
 
     @staticmethod
+    def delta(lam, t):
+        return ops.sqrt(lam)
+
+    @staticmethod
     def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
-        delta = ops.sqrt(lam)
+        delta = EmbeddingBlock.delta(lam, t)
         scale = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
         ok = ops.logical_and(_guard(delta, scale, a, g), delta > 0)
         safe_delta, a_safe, g_safe = _safe(ok, delta, a, g)
