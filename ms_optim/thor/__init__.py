@@ -7,8 +7,8 @@ utilities :class:`ConvertNetUtils` / :class:`ConvertModelUtils` (+ :data:`THOR_L
 schedules :func:`thor_lr_schedule` / :func:`thor_damping_schedule`.
 """
 from .layers import Conv2dThor, DenseThor, EmbeddingLookupThor, EmbeddingThor
-from .convert import ConvertModelUtils, ConvertNetUtils, THOR_LAYER_MAP, register_thor_layer
-from .model import ThorModel, ThorTrainOneStepCell
+from .convert import ConvertNetUtils, THOR_LAYER_MAP, register_thor_layer
+from .model import ConvertModelUtils, ThorModel, ThorTrainOneStepCell
 from .optimizer import ThorOptimizer, thor
 from .schedules import thor_damping_schedule, thor_lr_schedule
 
