@@ -339,9 +339,10 @@ def test_thor_layernorm_data_parallel_equals_full_batch(thor_job):
 
 
 def test_thor_controls_data_parallel_equals_full_batch(thor_job):
-    """kl_clip and factor_decay (two buckets, inversion split over the ranks): the KL factor is
-    computed from the rank-averaged gradients and the running means from the reduced factors,
-    so the ranks equal the single process; both controls were active."""
+    """kl_clip, factor_decay and factor_frequency=1 (two buckets, inversion split over the
+    ranks): the KL factor is computed from the rank-averaged gradients and the running means
+    from the factors reduced at every step (7 factor collections, inverses at 0, 3, 6), so the
+    ranks equal the single process; all controls were active."""
     _, results = thor_job
     ranks = results["thor_ctrl-graph"]
     ref = assert_data_parallel_exact("thor_ctrl-graph", ranks)
@@ -349,7 +350,7 @@ def test_thor_controls_data_parallel_equals_full_batch(thor_job):
     for state in ranks + [ref]:
         assert float(state["opt/thor_kl_scale"]) < 1.0
         weights = [v for k, v in state.items() if k.startswith("opt/thor_avg_w.")]
-        assert weights and all(abs(float(w) - (1 - 0.8 ** 3)) < 1e-6 for w in weights)
+        assert weights and all(abs(float(w) - (1 - 0.8 ** 7)) < 1e-6 for w in weights)
 
 
 @pytest.mark.slow  # GRAPH + split + distributed inversion also run by thor_ctrl-graph (thor_job)

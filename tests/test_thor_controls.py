@@ -203,3 +203,88 @@ def test_thor_recommended_is_read_only_and_usable(mode):
     step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
     losses = [float(step(*H.to_ms(x, y)).asnumpy()) for x, y in data]
     assert np.all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("kind,freq,k", [("mlp", 4, 1), ("conv", 4, 2)])
+def test_factor_frequency_training_matches_float64(mode, kind, freq, k):
+    """factor_frequency K: statistics every K steps into the running means, inverses every F
+    steps, over 9 steps (refreshes 0, 4, 8) against the float64 reference; differs from K = F."""
+    import thor_helpers as H
+    from ms_optim import ThorTrainOneStepCell, thor
+    from reference import thor_ref
+    rng = np.random.default_rng(21)
+    if kind == "mlp":
+        spec = H.mlp_spec(rng)
+        data = H.batches(rng, 9, 8, (6,))
+    else:
+        spec = H.finish_conv_spec(H.conv_spec(rng), rng)
+        data = H.batches(rng, 9, 3, H.conv_input_shape())
+    lr, damping, beta = [0.05], [0.2], 0.7
+    net = H.build_net(spec)
+    opt = thor(net, Tensor(np.asarray(lr, np.float32)), Tensor(np.asarray(damping, np.float32)),
+               0.9, weight_decay=1e-3, frequency=freq, factor_decay=beta, factor_frequency=k)
+    step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+    losses, inv = [], []
+    for x, y in data:
+        losses.append(float(step(*H.to_ms(x, y)).asnumpy()))
+        inv.append(opt.a_inv[0].asnumpy().copy())
+    ref_layers, ref_losses = thor_ref.run_thor(spec, data, lr, damping, 0.9, freq,
+                                               weight_decay=1e-3, factor_decay=beta,
+                                               factor_frequency=k)
+    every_f, _ = thor_ref.run_thor(spec, data, lr, damping, 0.9, freq, weight_decay=1e-3,
+                                   factor_decay=beta)
+    np.testing.assert_allclose(losses, ref_losses, rtol=5e-4)
+    for got, want in zip(net.trainable_params(), H.spec_params(ref_layers)):
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=5e-4, atol=1e-5, err_msg=got.name)
+    assert any(not np.allclose(a, b, rtol=1e-3) for a, b in zip(H.spec_params(ref_layers),
+                                                                 H.spec_params(every_f)))
+    collected = len([t for t in range(9) if t % k == 0])
+    assert float(opt.thor_factor_weight[0].asnumpy()) == pytest.approx(1 - beta ** collected,
+                                                                        rel=1e-6)
+    for t in range(1, 9):  # the inverses change on refresh steps only
+        assert np.array_equal(inv[t], inv[t - 1]) == (t % freq != 0), t
+
+
+def test_factor_frequency_resume_is_exact(tmp_path):
+    """Save after 5 steps (mid-period, after a factor step), load into a fresh run, 4 more steps
+    == 9 uninterrupted steps, bit for bit (the running means and global_step are restored)."""
+    import thor_helpers as H
+    from ms_optim import ThorTrainOneStepCell, thor
+    rng = np.random.default_rng(6)
+    spec = H.mlp_spec(rng)
+    data = H.batches(rng, 9, 8, (6,))
+
+    def build():
+        net = H.build_net(spec)
+        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, frequency=4,
+                   factor_decay=0.7, factor_frequency=2)
+        return net, opt, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+
+    net, _, step = build()
+    for x, y in data:
+        step(*H.to_ms(x, y))
+    _, _, step2 = build()
+    for x, y in data[:5]:
+        step2(*H.to_ms(x, y))
+    ckpt = str(tmp_path / "ff.ckpt")
+    ms.save_checkpoint(step2, ckpt)
+    net3, _, step3 = build()
+    ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
+    for x, y in data[5:]:
+        step3(*H.to_ms(x, y))
+    for a, b in zip(net.trainable_params(), net3.trainable_params()):
+        np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
+
+
+@pytest.mark.parametrize("kwargs,err,match", [
+    (dict(factor_frequency=2), ValueError, "needs 'factor_decay'"),
+    (dict(factor_decay=0.9, factor_frequency=3), ValueError, "divisor of 'frequency'"),
+    (dict(factor_decay=0.9, factor_frequency=0), ValueError, "divisor of 'frequency'"),
+    (dict(factor_decay=0.9, factor_frequency=2.0), TypeError, "'factor_frequency'"),
+    (dict(factor_decay=0.9, factor_frequency=True), TypeError, "'factor_frequency'")])
+def test_factor_frequency_validation(kwargs, err, match):
+    from ms_optim import thor
+    net = nn.SequentialCell([nn.Dense(3, 2)])
+    with pytest.raises(err, match=match):
+        thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9, frequency=4, **kwargs)
+    assert type(net[0]) is nn.Dense  # untouched

@@ -17,7 +17,10 @@ non-finite gradients leaves ``global_step`` unchanged (the optimizer skips it), 
 can run one ahead; these reads put the refresh back on the device's step (a skipped refresh step is
 retried on the next call). The ``thor`` flag rests False (evaluation compiles and runs without
 statistics) and is flipped to True, on the cached THOR layers and the optimizer only, around
-refresh steps; stale steps touch no flag.
+refresh steps; stale steps touch no flag. With ``factor_frequency`` K (statistics every K
+steps into the running means, inverses every F) a third graph, the factor step, runs at the
+multiples of K that are not refresh steps (layers' ``thor`` flag True, optimizer's
+``thor_factors`` True); with K > 1 the host count is also confirmed before each of them.
 """
 import logging
 import types
@@ -36,6 +39,7 @@ __all__ = ["ThorTrainOneStepCell", "ThorWrapTrainCell", "ThorModel", "ConvertMod
 
 _LOG = logging.getLogger("ms_optim")
 _REFRESH_PHASE = "thor_refresh"
+_FACTOR_PHASE = "thor_factors"
 _STALE_PHASE = "thor_stale"
 
 
@@ -96,6 +100,8 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
                             f"optimizer returned by ms_optim.thor, but got {type(optimizer).__name__}.")
         super().__init__(network, optimizer, sens)
         self.frequency = optimizer.frequency
+        #: steps between statistics collections (``factor_frequency``; the refresh period if None)
+        self.factor_frequency = getattr(optimizer, "factor_frequency", None) or self.frequency
         optimizer.thor_driven = True
         # the cells that read the flag, found once (a walk of the whole network per step is
         # what this replaces)
@@ -125,26 +131,38 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         self._host_step = None
         self._step_storage = None
 
+    def _collects(self, step):
+        """Whether global step ``step`` collects statistics (a refresh or a factor step)."""
+        return step % self.factor_frequency == 0
+
+    def _confirm(self, step):
+        """Whether the host count must be confirmed on the device before step ``step``: before a
+        refresh step, and before a factor step when only every K-th step is one (with K = 1
+        every non-refresh step is a factor step, nothing to confirm)."""
+        return step % self.frequency == 0 or (self.factor_frequency > 1 and self._collects(step))
+
     def next_step_refreshes(self):
         """Whether the next call is a refresh step (from the optimizer's ``global_step``)."""
-        if self._next_step() % self.frequency == 0 and self._host_counted:
+        if self._confirm(self._next_step()) and self._host_counted:
             # predicted by the host count: confirm it (a skipped non-finite step did not advance
             # global_step)
             self.resync_step()
         return self._next_step() % self.frequency == 0
 
-    def _set_mode(self, refresh):
+    def _set_mode(self, refresh, factors=False):
         for cell in self._thor_cells:
-            cell.add_flags(thor=refresh)
-        self.optimizer.add_flags(thor=refresh)
+            cell.add_flags(thor=refresh or factors)
+        self.optimizer.add_flags(thor=refresh, thor_factors=factors)
         self.optimizer.thor = refresh
+        self.optimizer.thor_factors = factors
 
     def __call__(self, *args, **kwargs):
         refresh = self.next_step_refreshes()
+        factors = not refresh and self._collects(self._next_step())
         ok = False
-        if refresh:
-            self._set_mode(True)
-            self.phase = _REFRESH_PHASE
+        if refresh or factors:
+            self._set_mode(refresh, factors)
+            self.phase = _REFRESH_PHASE if refresh else _FACTOR_PHASE
         else:
             self.phase = _STALE_PHASE
         try:
@@ -152,7 +170,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
             ok = True
             return out
         finally:
-            if refresh:
+            if refresh or factors:
                 self._set_mode(False)
             if ok and not refresh and not getattr(self, "dynamic_loss_scale", False):
                 self._host_step += 1

@@ -84,10 +84,15 @@ class ThorOptimizer(nn.Optimizer):
 
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
-                 frequency, backend, distribute_inversion, kl_clip=None, factor_decay=None):
+                 frequency, backend, distribute_inversion, kl_clip=None, factor_decay=None,
+                 factor_frequency=None):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
+        #: compile-time flag of a factor step (set by ThorTrainOneStepCell)
+        self.thor_factors = False
         self.frequency = frequency
+        #: steps between statistics collections into the running means (None: `frequency`)
+        self.factor_frequency = factor_frequency
         #: set by ThorTrainOneStepCell: the refresh/stale switch drives this optimizer
         self.thor_driven = False
         self.backend = backend
@@ -229,12 +234,10 @@ class ThorOptimizer(nn.Optimizer):
     # loop of 161 parameter updates exceeds MindSpore's call-depth limit when ResNet-50 is
     # compiled in GRAPH mode, and layers/parameters of equal shapes share one inferred subgraph.
     # ----------------------------------------------------------------------------------------
-    def _refresh(self, lam, gradients, finite):
-        """Refresh step: statistics -> damped inverses (kept where the statistics are bad).
-
-        Writes ``a_inv``, ``g_inv``, ``t_keep`` and ``fault_count``; returns a token that the
-        preconditioning depends on. With non-finite gradients (``finite`` False) nothing changes.
-        """
+    def _factors(self, gradients, finite):
+        """This step's statistics ``(A..., G...)``, averaged over the ranks; with `factor_decay`
+        folded into the running means, which are returned instead (not updated when ``finite``
+        is False)."""
         # the statistics were written in this step's forward/backward: read them after it
         # (hyper_map inputs are flat tuples: PYNATIVE's HyperMap recurses into nested ones)
         stat_a = self.hyper_map(ops.partial(_read_stat, gradients, 1.0), self.stat_a)
@@ -253,6 +256,24 @@ class ThorOptimizer(nn.Optimizer):
                                             self.thor_avg_a, self.thor_avg_g,
                                             self.thor_factor_weight, stat_a, stat_g))
             stat_a, stat_g = means[0::2], means[1::2]
+        return stat_a, stat_g
+
+    def _factor_step(self, gradients, finite):
+        """Factor step (``factor_frequency``): the statistics enter the running means; the
+        inverses are kept. Returns a token that the preconditioning depends on."""
+        stat_a, stat_g = self._factors(gradients, finite)
+        token = finite
+        for a in stat_a + stat_g:
+            token = ops.depend(token, a)
+        return token
+
+    def _refresh(self, lam, gradients, finite):
+        """Refresh step: statistics -> damped inverses (kept where the statistics are bad).
+
+        Writes ``a_inv``, ``g_inv``, ``t_keep`` and ``fault_count``; returns a token that the
+        preconditioning depends on. With non-finite gradients (``finite`` False) nothing changes.
+        """
+        stat_a, stat_g = self._factors(gradients, finite)
         bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._layer_kind, self._dims_a,
                               self._dims_g, self.dp.owns_tuple(), stat_a, stat_g, self.stat_t,
                               self.a_inv, self.g_inv)
@@ -282,6 +303,8 @@ class ThorOptimizer(nn.Optimizer):
             # statistics are written during forward/backward of this step; the preconditioning
             # below reads the inverses this refresh writes
             token = self._refresh(lam, gradients, finite)
+        elif self.thor_factors:
+            token = ops.depend(lam, self._factor_step(gradients, finite))
         else:
             token = lam
         if self.stat_n:
@@ -489,7 +512,7 @@ def _thor_update_param(finite, lr, momentum, skip_or_step, weight_decay, use_nes
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
-         thor_filter=None, verbose=False, kl_clip=None, factor_decay=None):
+         thor_filter=None, verbose=False, kl_clip=None, factor_decay=None, factor_frequency=None):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -617,7 +640,14 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             :func:`ms_optim.ops.kfac.factor_moving_average`) instead of the refresh's own
             factors; :math:`R` and :math:`w` are Parameters (``thor_avg_a.*``, ``thor_avg_g.*``,
             ``thor_avg_w.*``, checkpointed). The factors are averaged at the inverse cadence
-            (every `frequency` steps). Default: ``None`` (off).
+            (every `frequency` steps) unless `factor_frequency` is given. Default: ``None``
+            (off).
+        factor_frequency (int): keyword-only; :math:`K`, a divisor of `frequency`, needs
+            `factor_decay`: the statistics are collected at every global step
+            :math:`t \bmod K = 0` and folded into the running means :math:`\bar A, \bar G`
+            ("factor steps", a third compiled graph), while the inverses are still formed from
+            the means only at refresh steps :math:`t \bmod F = 0` (KAISA's separate factor and
+            inverse cadences). Default: ``None`` (:math:`K = F`).
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -640,6 +670,9 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `kl_clip` or `factor_decay` is neither None nor a float or int.
         ValueError: If `loss_scale` <= 0.
         ValueError: If `kl_clip` <= 0, or `factor_decay` is not in [0, 1).
+        TypeError: If `factor_frequency` is neither None nor an int.
+        ValueError: If `factor_frequency` is given without `factor_decay`, or is not a positive
+            divisor of `frequency`.
         ValueError: If `weight_decay` or `momentum` < 0.
         ValueError: If `frequency` < 2.
         ValueError: If `batch_size` <= 0.
@@ -708,6 +741,15 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         if not 0.0 <= factor_decay < 1.0:
             raise ValueError(f"For '{_NAME}', the argument 'factor_decay' must be in [0, 1), "
                              f"but got {factor_decay}.")
+    if factor_frequency is not None:
+        check_int(_NAME, "factor_frequency", factor_frequency)
+        if factor_decay is None:
+            raise ValueError(f"For '{_NAME}', the argument 'factor_frequency' needs "
+                             "'factor_decay': the statistics of the factor steps enter the "
+                             "running means of the factors.")
+        if factor_frequency < 1 or frequency % factor_frequency:
+            raise ValueError(f"For '{_NAME}', the argument 'factor_frequency' must be a positive "
+                             f"divisor of 'frequency' ({frequency}), but got {factor_frequency}.")
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -731,4 +773,5 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     return ThorOptimizer(net, net.trainable_params(), lr_tensor, damping_values, momentum,
                          weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
                          split_indices, enable_clip_grad, frequency, resolved, distribute_inversion,
-                         kl_clip=kl_clip, factor_decay=factor_decay)
+                         kl_clip=kl_clip, factor_decay=factor_decay,
+                         factor_frequency=factor_frequency)

@@ -53,10 +53,11 @@ CONFIGS = {
                          split_indices=[0], distribute_inversion=False),
     "thor_dist1": dict(kind="thor", net="conv", steps=7, lr=0.05, damping=0.03, frequency=3,
                        split_indices=None, distribute_inversion=True),
-    # the keyword-only controls (KL clip, running means of the factors) with the inversion split
+    # the keyword-only controls (KL clip, running means of the factors collected at every step
+    # and inverted every 3rd) with the inversion split
     "thor_ctrl": dict(kind="thor", net="conv", steps=7, lr=0.05, damping=0.03, frequency=3,
                       split_indices=[0], distribute_inversion=True, kl_clip=1e-4,
-                      factor_decay=0.8),
+                      factor_decay=0.8, factor_frequency=1),
     # THOR with a LayerNorm (its rule uses the batch size N)
     "thor_ln": dict(kind="thor", net="conv_ln", steps=4, lr=0.05, damping=0.03, frequency=3,
                     split_indices=None, distribute_inversion=False),
@@ -134,7 +135,8 @@ def build(cfg, net, steps):
     opt = ms_optim.thor(net, lr, damping, 0.9, weight_decay=1e-4, batch_size=GLOBAL_BATCH,
                         split_indices=cfg["split_indices"], frequency=cfg["frequency"],
                         distribute_inversion=cfg["distribute_inversion"],
-                        kl_clip=cfg.get("kl_clip"), factor_decay=cfg.get("factor_decay"))
+                        kl_clip=cfg.get("kl_clip"), factor_decay=cfg.get("factor_decay"),
+                        factor_frequency=cfg.get("factor_frequency"))
     model = Model(net, loss_fn=loss_fn, optimizer=opt)
     model = ms_optim.ConvertModelUtils.convert_to_thor_model(model, network=net, loss_fn=loss_fn,
                                                              optimizer=opt)

@@ -172,7 +172,8 @@ def layernorm_rule(g, n, lam):
 
 
 def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
-             nesterov=False, decay_all=True, start_step=0, kl_clip=None, factor_decay=None):
+             nesterov=False, decay_all=True, start_step=0, kl_clip=None, factor_decay=None,
+             factor_frequency=None):
     """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
 
     ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
@@ -180,7 +181,10 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
     ``min(1, sqrt(kl_clip / (lr^2 sum <pg, g>)))``.
     ``factor_decay``: the inverses are formed from the normalised exponentially weighted means of
     the refreshes' full factors, ``sum_j b^(k-j) F_j / sum_j b^(k-j)``.
+    ``factor_frequency`` K (with ``factor_decay``): the factors of every step with
+    ``step % K == 0`` enter those means; the inverses are still formed every ``frequency`` steps.
     """
+    collect = factor_frequency or frequency
     history = {}
     layers = [dict(l) for l in layers]
     vel = {}
@@ -200,7 +204,7 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 continue
             gw, gb = grads[li]
             groups = layer.get("groups", 1)
-            if step % frequency == 0:
+            if step % collect == 0:
                 p, d, n, t = stats[li]
                 pairs = [factors(pj, dj, n, t) for pj, dj in
                          zip(_split_cols(p, groups), _split_cols(d, groups))]
@@ -211,6 +215,7 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                     pairs = [(sum(wj * hj[q][0] for wj, hj in zip(wts, history[li])) / sum(wts),
                               sum(wj * hj[q][1] for wj, hj in zip(wts, history[li])) / sum(wts))
                              for q in range(groups)]
+            if step % frequency == 0:
                 delta = np.sqrt(lam / t)
                 inv[li] = ([(block_diag_inverse(a, delta), block_diag_inverse(g, delta))
                             for a, g in pairs], t)
