@@ -67,7 +67,7 @@ def _momentum_step(width, batch):
     ms.set_seed(0)
     net = _net(width)
     train = nn.TrainOneStepCell(nn.WithLossCell(net, _loss()),
-                                nn.Momentum(net.trainable_params(), 0.05, 0.9, weight_decay=1e-4))
+                                nn.Momentum(net.trainable_params(), LR, 0.9, weight_decay=1e-4))
     x, y = _data(batch)
     t0 = time.perf_counter()
     train(x, y).asnumpy()  # compile
@@ -96,7 +96,7 @@ def thor_state_bytes(opt):
 def _thor_step(width, batch, frequency):
     ms.set_seed(0)
     net = _net(width)
-    opt = ms_optim.thor(net, Tensor(0.05, ms.float32), Tensor(0.03, ms.float32), 0.9,
+    opt = ms_optim.thor(net, Tensor(LR, ms.float32), Tensor(0.03, ms.float32), 0.9,
                         weight_decay=1e-4, batch_size=batch, frequency=frequency)
     train = ms_optim.ThorTrainOneStepCell(nn.WithLossCell(net, _loss()), opt)
     x, y = _data(batch)
@@ -117,6 +117,10 @@ def _thor_step(width, batch, frequency):
 
 #: first-call seconds (compilation + one step) of each graph
 COMPILE = {}
+#: Learning rate of both optimizers. Zero: the weights stay where they are, so no step of the
+#: random-data benchmark can diverge into non-finite gradients (THOR skips such steps without
+#: advancing global_step, which would stop the refresh pattern); the kernels run are the same.
+LR = 0.0
 
 
 def _full_stats_patch():
@@ -184,6 +188,10 @@ def main():
              f", A^-1 block shapes={[tuple(p.shape) for p in opt.a_inv]}"))
     print("first call (compile + 1 step): " + ", ".join(f"{k[:-13]} {v:.1f} s"
                                                        for k, v in COMPILE.items()))
+    if not t_t[True] or not t_t[False] or int(opt.nonfinite_steps.asnumpy()):
+        raise SystemExit(f"no refresh or no stale step was timed (refresh {len(t_t[True])}, "
+                         f"stale {len(t_t[False])}; non-finite steps "
+                         f"{int(opt.nonfinite_steps.asnumpy())}): use more --steps")
     med_m = statistics.median(t_m)
     med = {k: statistics.median(v) for k, v in t_t.items()}
     print(f"{'step':<28}{'n':>5}{'median (ms)':>14}{'x Momentum':>12}")
