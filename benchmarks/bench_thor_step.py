@@ -188,10 +188,10 @@ def main():
              f", A^-1 block shapes={[tuple(p.shape) for p in opt.a_inv]}"))
     print("first call (compile + 1 step): " + ", ".join(f"{k[:-13]} {v:.1f} s"
                                                        for k, v in COMPILE.items()))
-    if not t_t[True] or not t_t[False] or int(opt.nonfinite_steps.asnumpy()):
+    if not t_t[True] or not t_t[False] or int(opt.nonfinite_steps.asnumpy()[0]):
         raise SystemExit(f"no refresh or no stale step was timed (refresh {len(t_t[True])}, "
                          f"stale {len(t_t[False])}; non-finite steps "
-                         f"{int(opt.nonfinite_steps.asnumpy())}): use more --steps")
+                         f"{int(opt.nonfinite_steps.asnumpy()[0])}): use more --steps")
     med_m = statistics.median(t_m)
     med = {k: statistics.median(v) for k, v in t_t.items()}
     print(f"{'step':<28}{'n':>5}{'median (ms)':>14}{'x Momentum':>12}")
