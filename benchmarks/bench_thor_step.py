@@ -17,9 +17,11 @@ is a small CNN whose 3x3 convolutions have :math:`d_{in} = 9 \\cdot` width (> 12
 i.e. several diagonal blocks). No timing is asserted anywhere; these are numbers to report.
 ``--quick``: 8 timed steps. ``--net resnet50``: the bottleneck ResNet-50 of ``resnet50.py``
 (161 parameter tensors, 54 THOR layers; 32x32 images by default, its THOR graphs take minutes to
-compile on CPU), written to ``outputs/bench/thor_step_resnet50.json``. The first-call time of
+compile on CPU), written to ``outputs/bench/thor_step_resnet50.json``; ``--image 224`` gives the
+recipe's image size (``--batch 8`` fits in 24 GB; 16 does not). The first-call time of
 every graph (compilation plus one step) is printed too. Leaves out: data loading, dataset sink
-mode (see ``bench_thor_sink.py``). Writes ``outputs/bench/thor_step.json``.
+mode (see ``bench_thor_sink.py``). Both optimizers run with learning rate 0 (:data:`LR`): the
+same kernels, and random data cannot diverge. Writes ``outputs/bench/thor_step.json``.
 """
 import argparse
 import statistics
