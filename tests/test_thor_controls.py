@@ -53,12 +53,7 @@ def test_kl_clip_training_matches_float64(mode, kind):
     from ms_optim import ThorTrainOneStepCell, thor
     from reference import thor_ref
     rng = np.random.default_rng(11)
-    if kind == "mlp":
-        spec = H.mlp_spec(rng)
-        data = H.batches(rng, 5, 8, (6,))
-    else:
-        spec = H.finish_conv_spec(H.conv_spec(rng), rng)
-        data = H.batches(rng, 5, 3, H.conv_input_shape())
+    spec, data = H.spec_and_data(kind, rng, 5)
     lr, damping, kappa = [0.3, 0.2], [0.1], 1e-3
     net = H.build_net(spec)
     opt = thor(net, Tensor(np.asarray(lr, np.float32)), Tensor(np.asarray(damping, np.float32)),
@@ -117,12 +112,7 @@ def test_factor_decay_training_matches_float64(mode, kind):
     from ms_optim import ThorTrainOneStepCell, thor
     from reference import thor_ref
     rng = np.random.default_rng(12)
-    if kind == "mlp":
-        spec = H.mlp_spec(rng)
-        data = H.batches(rng, 6, 8, (6,))
-    else:
-        spec = H.finish_conv_spec(H.conv_spec(rng), rng)
-        data = H.batches(rng, 6, 3, H.conv_input_shape())
+    spec, data = H.spec_and_data(kind, rng, 6)
     lr, damping, beta = [0.3, 0.2], [0.1], 0.8
     net = H.build_net(spec)
     opt = thor(net, Tensor(np.asarray(lr, np.float32)), Tensor(np.asarray(damping, np.float32)),
@@ -140,26 +130,29 @@ def test_factor_decay_training_matches_float64(mode, kind):
     assert float(opt.thor_factor_weight[0].asnumpy()) == pytest.approx(1 - beta ** 3, rel=1e-6)
 
 
-def test_factor_decay_state_is_checkpointed_and_resume_is_exact(tmp_path):
-    """The running means are in the checkpoint: 4 steps, save, load into a fresh run, 2 more
-    steps == 6 uninterrupted steps, bit for bit."""
+@pytest.mark.parametrize("kwargs,steps,saved", [
+    (dict(frequency=2, factor_decay=0.7), 6, 4),
+    # factor_frequency: saved mid-period, after a factor step
+    (dict(frequency=4, factor_decay=0.7, factor_frequency=2), 9, 5)])
+def test_running_means_are_checkpointed_and_resume_is_exact(tmp_path, kwargs, steps, saved):
+    """The running means (and global_step) are in the checkpoint: `saved` steps, save, load into
+    a fresh run, the remaining steps == the uninterrupted run, bit for bit."""
     import thor_helpers as H
     from ms_optim import ThorTrainOneStepCell, thor
     rng = np.random.default_rng(5)
     spec = H.mlp_spec(rng)
-    data = H.batches(rng, 6, 8, (6,))
+    data = H.batches(rng, steps, 8, (6,))
 
     def build():
         net = H.build_net(spec)
-        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, frequency=2,
-                   factor_decay=0.7)
+        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, **kwargs)
         return net, opt, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
 
     net, _, step = build()
     for x, y in data:
         step(*H.to_ms(x, y))
-    net2, opt2, step2 = build()
-    for x, y in data[:4]:
+    _, _, step2 = build()
+    for x, y in data[:saved]:
         step2(*H.to_ms(x, y))
     names = {p.name for p in step2.get_parameters()}
     assert any(n.startswith("thor_avg_a.") for n in names)
@@ -167,7 +160,7 @@ def test_factor_decay_state_is_checkpointed_and_resume_is_exact(tmp_path):
     ms.save_checkpoint(step2, ckpt)
     net3, _, step3 = build()
     ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
-    for x, y in data[4:]:
+    for x, y in data[saved:]:
         step3(*H.to_ms(x, y))
     for a, b in zip(net.trainable_params(), net3.trainable_params()):
         np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
@@ -213,12 +206,7 @@ def test_factor_frequency_training_matches_float64(mode, kind, freq, k):
     from ms_optim import ThorTrainOneStepCell, thor
     from reference import thor_ref
     rng = np.random.default_rng(21)
-    if kind == "mlp":
-        spec = H.mlp_spec(rng)
-        data = H.batches(rng, 9, 8, (6,))
-    else:
-        spec = H.finish_conv_spec(H.conv_spec(rng), rng)
-        data = H.batches(rng, 9, 3, H.conv_input_shape())
+    spec, data = H.spec_and_data(kind, rng, 9)
     lr, damping, beta = [0.05], [0.2], 0.7
     net = H.build_net(spec)
     opt = thor(net, Tensor(np.asarray(lr, np.float32)), Tensor(np.asarray(damping, np.float32)),
@@ -243,37 +231,6 @@ def test_factor_frequency_training_matches_float64(mode, kind, freq, k):
                                                                         rel=1e-6)
     for t in range(1, 9):  # the inverses change on refresh steps only
         assert np.array_equal(inv[t], inv[t - 1]) == (t % freq != 0), t
-
-
-def test_factor_frequency_resume_is_exact(tmp_path):
-    """Save after 5 steps (mid-period, after a factor step), load into a fresh run, 4 more steps
-    == 9 uninterrupted steps, bit for bit (the running means and global_step are restored)."""
-    import thor_helpers as H
-    from ms_optim import ThorTrainOneStepCell, thor
-    rng = np.random.default_rng(6)
-    spec = H.mlp_spec(rng)
-    data = H.batches(rng, 9, 8, (6,))
-
-    def build():
-        net = H.build_net(spec)
-        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, frequency=4,
-                   factor_decay=0.7, factor_frequency=2)
-        return net, opt, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
-
-    net, _, step = build()
-    for x, y in data:
-        step(*H.to_ms(x, y))
-    _, _, step2 = build()
-    for x, y in data[:5]:
-        step2(*H.to_ms(x, y))
-    ckpt = str(tmp_path / "ff.ckpt")
-    ms.save_checkpoint(step2, ckpt)
-    net3, _, step3 = build()
-    ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
-    for x, y in data[5:]:
-        step3(*H.to_ms(x, y))
-    for a, b in zip(net.trainable_params(), net3.trainable_params()):
-        np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
 
 
 @pytest.mark.parametrize("kwargs,err,match", [

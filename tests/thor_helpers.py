@@ -85,6 +85,14 @@ def build_net(spec):
     return nn.SequentialCell(cells)
 
 
+def spec_and_data(kind, rng, n_steps):
+    """``(spec, batches)`` of the small "mlp" (batch 8) or "conv" (batch 3) reference network."""
+    if kind == "mlp":
+        return mlp_spec(rng), batches(rng, n_steps, 8, (6,))
+    spec = finish_conv_spec(conv_spec(rng), rng)
+    return spec, batches(rng, n_steps, 3, conv_input_shape())
+
+
 def batches(rng, n_steps, batch, in_shape, classes=4):
     return [(rng.standard_normal((batch,) + tuple(in_shape)),
              rng.integers(0, classes, batch)) for _ in range(n_steps)]
