@@ -89,7 +89,9 @@ class OptimizerMonitor(Callback):
     (logger ``ms_optim``) and issued with ``warnings.warn``, naming the step (the 1-based
     training step ``cur_step_num``, and the optimizer's ``global_step``) and the first parameter
     whose gradient was not finite; it is checked after every step, whatever `per_steps`.
-    Reading the values synchronises host and device after every step.
+    Reading the values synchronises host and device after every step; on THOR refresh steps
+    the condition numbers add one host eigenvalue decomposition per diagonal block (at most
+    128x128; ResNet-50 has a few hundred).
 
     Args:
         path (str): the JSON-lines file (created or overwritten).

@@ -421,7 +421,7 @@ class EmbeddingLookupThor(nn.EmbeddingLookup, _EmbeddingStatsMixin):
         return self._embedding_output(flat_ids, n, rows, out_shape)
 
 
-#: Layer kinds THOR preconditions with a Kronecker rule / an embedding rule.
+#: The built-in THOR layers (their curvature blocks: ms_optim.thor.blocks, registered below).
 THOR_LAYERS = (DenseThor, Conv2dThor, EmbeddingThor, EmbeddingLookupThor)
 
 

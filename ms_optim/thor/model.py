@@ -58,6 +58,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         step and before a step the host count predicts to be a refresh step (a step skipped
         for non-finite gradients does not advance ``global_step``; these reads keep refreshes
         at global steps 0, F, 2F, ...); see :meth:`resync_step` for other in-place changes.
+        With the optimizer's ``factor_frequency`` :math:`K < F`, the steps
+        :math:`t \bmod K = 0` that are not refresh steps run a third graph, the factor step
+        (statistics into the running means, no inversion); with :math:`K > 1` the step number
+        is also read before each of them.
 
     Args:
         network (Cell): network with loss.
