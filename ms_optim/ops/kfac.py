@@ -20,6 +20,8 @@ __all__ = [
     "damped_inverse_of_blocks", "kron_precondition", "layernorm_precondition",
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
     "momentum_step", "kl_clip_scale", "kl_clip_factor", "factor_moving_average",
+    "kron_curvature", "embedding_curvature", "layernorm_curvature", "quadratic_model",
+    "reduction_ratio", "lm_damping_scale",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -322,22 +324,66 @@ def kron_precondition(g_inv, grad, a_inv, t, groups=1):
     Returns:
         Tensor of shape :math:`(g\, d_{out}, d_{in})`.
     """
-    rows, d_in = grad.shape
+    return _kron_block_product(g_inv, grad, a_inv, groups) / t
+
+
+def _kron_block_product(left, x, right, groups):
+    """:math:`L_{bd}\,X\,R_{bd}` per group, for ``(g n_L, s_L, s_L)`` / ``(g n_R, s_R, s_R)``
+    diagonal blocks and :math:`X` of shape ``(g d_out, d_in)`` (zero-padded to whole blocks)."""
+    rows, d_in = x.shape
     d_out = rows // groups
-    n_g, s_g = g_inv.shape[0] // groups, g_inv.shape[1]
-    n_a, s_a = a_inv.shape[0] // groups, a_inv.shape[1]
+    n_g, s_g = left.shape[0] // groups, left.shape[1]
+    n_a, s_a = right.shape[0] // groups, right.shape[1]
     out_p, in_p = n_g * s_g, n_a * s_a
-    x = ops.reshape(grad, (groups, d_out, d_in)) if groups > 1 else grad
+    x = ops.reshape(x, (groups, d_out, d_in)) if groups > 1 else x
     if out_p != d_out or in_p != d_in:
         x = ops.pad(x, (0, in_p - d_in, 0, out_p - d_out))
-    x = ops.BatchMatMul()(g_inv, ops.reshape(x, (groups * n_g, s_g, in_p)))
+    x = ops.BatchMatMul()(left, ops.reshape(x, (groups * n_g, s_g, in_p)))
     x = ops.transpose(ops.reshape(x, (groups, out_p, n_a, s_a)), (0, 2, 1, 3))
-    x = ops.BatchMatMul()(ops.reshape(x, (groups * n_a, out_p, s_a)), a_inv)
+    x = ops.BatchMatMul()(ops.reshape(x, (groups * n_a, out_p, s_a)), right)
     x = ops.transpose(ops.reshape(x, (groups, n_a, out_p, s_a)), (0, 2, 1, 3))
     x = ops.reshape(x, (groups, out_p, in_p))
     if out_p != d_out or in_p != d_in:
         x = x[:, :d_out, :d_in]
-    return ops.reshape(x, (rows, d_in)) / t
+    return ops.reshape(x, (rows, d_in))
+
+
+def _plus_delta_identity(blocks, delta):
+    """Diagonal blocks :math:`M_{bd} + \delta I`."""
+    eye = ops.eye(blocks.shape[-1], blocks.shape[-1], ms.float32)
+    return blocks + delta * eye
+
+
+def kron_curvature(g_blocks, step, a_blocks, t, delta, groups=1):
+    r"""The damped Kronecker curvature that THOR's Dense/Conv2d rule inverts, applied to a step.
+
+    .. math::
+
+        \Delta^	op C \Delta = T\,ig\langle \Delta,\ (G_{bd} + \delta I)\,\Delta\,
+        (A_{bd} + \delta I) ig
+angle
+
+    where :math:`\langle X, Y
+angle = \sum_{ij} X_{ij} Y_{ij}`: the quadratic form of
+    :math:`C = T\,(A_{bd} + \delta I) \otimes (G_{bd} + \delta I)`, whose inverse applied to
+    :math:`
+abla W` is :func:`kron_precondition` (per group for `groups` > 1).
+
+    Args:
+        g_blocks (Tensor): diagonal blocks of :math:`G`, shape :math:`(g\, n_G, s_G, s_G)`.
+        step (Tensor): :math:`\Delta`, shape :math:`(g\, d_{out}, d_{in})`.
+        a_blocks (Tensor): diagonal blocks of :math:`A`, shape :math:`(g\, n_A, s_A, s_A)`.
+        t (Union[int, Tensor]): :math:`T`.
+        delta (Tensor): :math:`\delta` (:func:`factored_damping`).
+        groups (int): :math:`g`. Default: ``1``.
+
+    Returns:
+        Tensor, float32 scalar.
+    """
+    step = ops.cast(step, ms.float32)
+    prod = _kron_block_product(_plus_delta_identity(g_blocks, delta), step,
+                               _plus_delta_identity(a_blocks, delta), groups)
+    return t * ops.reduce_sum(step * prod)
 
 
 def layernorm_precondition(grad, n, damping):
@@ -410,6 +456,54 @@ def embedding_precondition(a_inv, grad, g_inv):
         Tensor of shape :math:`(V, E)`.
     """
     return ops.matmul(ops.expand_dims(a_inv, 1) * grad, g_inv)
+
+
+def embedding_curvature(a_diag, step, g, delta):
+    r"""The damped curvature that THOR's embedding rule inverts, applied to a step.
+
+    .. math::
+
+        \Delta^\top C \Delta = \big\langle \Delta,\ \operatorname{diag}(a + \delta)\,\Delta\,
+        (G + \delta I) \big\rangle
+
+    (the inverse of :math:`C = \operatorname{diag}(a + \delta) \otimes (G + \delta I)` applied
+    to :math:`\nabla E` is :func:`embedding_precondition`).
+
+    Args:
+        a_diag (Tensor): :math:`a`, shape :math:`(V,)` (:func:`embedding_input_statistic`).
+        step (Tensor): :math:`\Delta`, shape :math:`(V, E)`.
+        g (Tensor): :math:`G`, shape :math:`(E, E)`.
+        delta (Tensor): :math:`\delta = \sqrt{\lambda}`.
+
+    Returns:
+        Tensor, float32 scalar.
+    """
+    step = ops.cast(step, ms.float32)
+    eye = ops.eye(g.shape[-1], g.shape[-1], ms.float32)
+    left = ops.expand_dims(a_diag + delta, 1) * step
+    return ops.reduce_sum(step * ops.matmul(left, g + delta * eye))
+
+
+def layernorm_curvature(grad, step, n, damping):
+    r"""The diagonal curvature of the LayerNorm rule (:func:`layernorm_precondition`) applied
+    to a step.
+
+    .. math::
+
+        \Delta^\top C \Delta = \sum \Delta \odot \Delta \odot \big(g \odot g / N +
+        \sqrt{\lambda}\big)
+
+    Args:
+        grad (Tensor): :math:`g`.
+        step (Tensor): :math:`\Delta`, shape of `grad`.
+        n (Union[int, Tensor]): :math:`N`.
+        damping (Tensor): :math:`\lambda`.
+
+    Returns:
+        Tensor, float32 scalar.
+    """
+    step = ops.cast(step, ms.float32)
+    return ops.reduce_sum(step * step * (grad * grad / n + ops.sqrt(damping)))
 
 
 def momentum_step(weight, velocity, grad, lr, momentum, nesterov):
@@ -538,3 +632,89 @@ def factor_moving_average(raw, weight, new, decay):
     raw = decay * raw + (1.0 - decay) * ops.cast(new, ms.float32)
     weight = decay * weight + (1.0 - decay)
     return raw, weight, raw / weight
+
+
+def quadratic_model(inner, curvature):
+    r"""Change of the local quadratic model of the loss for a step :math:`\delta`
+    (Martens & Grosse 2015, section 6.5).
+
+    .. math::
+
+        M(\delta) - M(0) = \langle g, \delta\rangle + \tfrac{1}{2}\,\delta^\top C\,\delta
+
+    Args:
+        inner (Tensor): :math:`\langle g, \delta\rangle`, summed over the parameters.
+        curvature (Tensor): :math:`\delta^\top C \delta`, summed over the parameters.
+
+    Returns:
+        Tensor, float32 scalar.
+    """
+    return inner + 0.5 * curvature
+
+
+def reduction_ratio(loss_change, model_change):
+    r"""Levenberg-Marquardt reduction ratio: observed over predicted change of the loss.
+
+    .. math::
+
+        \rho = \begin{cases}
+            \Delta L / \Delta M & \text{if } \Delta M < 0 \text{ and both are finite},\\
+            -\infty & \text{if } \Delta M < 0 \text{ is finite and } \Delta L \text{ is not},\\
+            \text{NaN} & \text{otherwise (no information: no adaptation)}
+        \end{cases}
+
+    with :math:`\Delta L = L(\theta + \delta) - L(\theta)` on the same batch and
+    :math:`\Delta M` from :func:`quadratic_model`.
+
+    Args:
+        loss_change (Tensor): :math:`\Delta L`, float32 scalar.
+        model_change (Tensor): :math:`\Delta M`, float32 scalar.
+
+    Returns:
+        Tensor, float32 scalar :math:`\rho`.
+
+    Examples:
+        >>> import mindspore as ms
+        >>> from ms_optim.ops.kfac import reduction_ratio
+        >>> print(float(reduction_ratio(ms.Tensor(-0.3), ms.Tensor(-0.4))))
+        0.75
+    """
+    model_ok = ops.logical_and(model_change < 0, ops.isfinite(model_change))
+    safe_model = ops.select(model_ok, model_change, -ops.ones((), ms.float32))
+    rho = ops.select(ops.isfinite(loss_change), loss_change / safe_model,
+                     ops.fill(ms.float32, (), float("-inf")))
+    return ops.select(model_ok, rho, ops.fill(ms.float32, (), float("nan")))
+
+
+def lm_damping_scale(scale, rho, omega, lower, upper):
+    r"""Levenberg-Marquardt update of the damping multiplier :math:`s` (Martens & Grosse 2015,
+    section 6.5, applied to a multiplier of the damping schedule).
+
+    .. math::
+
+        s' = \operatorname{clip}\Big(\begin{cases}
+            \omega\, s & \rho > 3/4\\
+            s / \omega & \rho < 1/4\\
+            s & \text{otherwise (also } \rho = \text{NaN)}
+        \end{cases},\ s_{\min},\ s_{\max}\Big)
+
+    Args:
+        scale (Tensor): :math:`s > 0`, float32 scalar.
+        rho (Tensor): :math:`\rho` (:func:`reduction_ratio`).
+        omega (float): :math:`\omega \in (0, 1)`.
+        lower (float): :math:`s_{\min} > 0`.
+        upper (float): :math:`s_{\max} \ge s_{\min}`.
+
+    Returns:
+        Tensor, float32 scalar :math:`s'`.
+
+    Examples:
+        >>> import mindspore as ms
+        >>> from ms_optim.ops.kfac import lm_damping_scale
+        >>> s = ms.Tensor(1.0)
+        >>> [round(float(lm_damping_scale(s, ms.Tensor(r), 0.5, 0.1, 10.0)), 6) for r in (0.9, 0.5, 0.1)]
+        [0.5, 1.0, 2.0]
+    """
+    new = ops.select(rho > 0.75, scale * omega, scale)
+    new = ops.select(rho < 0.25, scale / omega, new)
+    return ops.minimum(ops.maximum(new, lower), upper)

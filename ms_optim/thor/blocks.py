@@ -18,7 +18,8 @@ here and by :func:`ms_optim.register_thor_layer` (``block=``) for user layers; a
 without a block is never converted (:class:`ms_optim.ConvertNetUtils` raises ``TypeError``).
 
 Extension point: a subclass of :class:`CurvatureBlock` implements the static graph functions
-:meth:`~CurvatureBlock.invert` and :meth:`~CurvatureBlock.precondition` and the host-side
+:meth:`~CurvatureBlock.invert` and :meth:`~CurvatureBlock.precondition` (and
+:meth:`~CurvatureBlock.curvature` for ``adaptive_damping``) and the host-side
 :meth:`~CurvatureBlock.inverse_shapes`; its layer collects the statistics ``matrix_a``,
 ``matrix_g``, ``thor_t`` and ``thor_n`` (as the built-in layers do) on refresh steps.
 """
@@ -154,6 +155,20 @@ class CurvatureBlock:
         """Graph function: the preconditioned float32 gradient of the layer's weight."""
         raise NotImplementedError
 
+    @staticmethod
+    def curvature(lam, a, g, t, step, groups):
+        """Graph function: :math:`\delta^\top C \delta` (float32 scalar) for a step
+        :math:`\delta` of the weight, :math:`C` the damped curvature whose inverse
+        :meth:`precondition` applies, from the statistics ``a``, ``g``, ``t`` at damping
+        ``lam``. Needed only with ``adaptive_damping`` (its quadratic model); a block class that
+        does not implement it cannot be used with ``adaptive_damping`` (``TypeError``)."""
+        raise NotImplementedError
+
+    @classmethod
+    def has_curvature(cls):
+        """Whether the class implements :meth:`curvature`."""
+        return cls.curvature is not CurvatureBlock.curvature
+
 
 class KroneckerBlock(CurvatureBlock):
     r"""Dense / Conv2d: 128-block Kronecker factors, one pair per group.
@@ -202,6 +217,11 @@ class KroneckerBlock(CurvatureBlock):
         g2 = kfac.kron_precondition(g_inv, ops.reshape(grad, (shape[0], -1)), a_inv, t, groups)
         return ops.reshape(g2, shape)
 
+    @staticmethod
+    def curvature(lam, a, g, t, step, groups):
+        return kfac.kron_curvature(g, ops.reshape(step, (step.shape[0], -1)), a, t,
+                                   KroneckerBlock.delta(lam, t), groups)
+
 
 class EmbeddingBlock(CurvatureBlock):
     r"""Embedding tables: diagonal :math:`A` (token frequencies), full :math:`G`.
@@ -243,6 +263,10 @@ class EmbeddingBlock(CurvatureBlock):
     @staticmethod
     def precondition(g_inv, a_inv, t, grad, groups):
         return kfac.embedding_precondition(a_inv, grad, g_inv[0])
+
+    @staticmethod
+    def curvature(lam, a, g, t, step, groups):
+        return kfac.embedding_curvature(a, step, g, EmbeddingBlock.delta(lam, t))
 
 
 def _keep_whole_under_rewrite(cls):

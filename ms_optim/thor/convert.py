@@ -256,13 +256,25 @@ class ConvertNetUtils:
         Returns:
             list[str], cell paths.
         """
-        names = []
+        return [name for name, _ in self.plan_blocks(net)]
+
+    def plan_blocks(self, net):
+        """Like :meth:`plan`, with the curvature block class of each layer.
+
+        Args:
+            net (Cell): the network (not modified).
+
+        Returns:
+            list[tuple[str, type]], ``(cell path, block class)``.
+        """
+        out = []
 
         def visit(parent, name, full, sub, conv, already):
-            if already or self._decide(full, sub, conv)[0] is not None:
-                names.append(full)
+            layer = sub if already else self._decide(full, sub, conv)[0]
+            if layer is not None:
+                out.append((full, blocks.block_class_for(layer)))
         self._walk(net, "", visit)
-        return names
+        return out
 
     def convert_to_thor_net(self, net):
         """Convert ``net`` in place; returns ``net``.

@@ -29,9 +29,11 @@ import warnings
 import mindspore as ms
 from mindspore import Parameter, ParameterTuple, Tensor, nn, ops
 from mindspore.ops import functional as F
+from mindspore.nn.layer.normalization import _BatchNorm
 from mindspore.train import Model
 
 from .._validation import check_bool
+from ..ops import kfac
 from . import blocks
 from .layers import Conv2dThor, DenseThor
 
@@ -115,6 +117,16 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         self._host_step = None  # host copy of optimizer.global_step, None: read it
         self._step_storage = None  # global_step's storage when it was read (held: no reuse)
         self._host_counted = False  # _host_step was counted on the host since it was read
+        # adaptive_damping: the Levenberg-Marquardt adaptation after refresh steps (a separate
+        # graph; not a registered sub-cell: the network's parameters are not listed twice)
+        object.__setattr__(self, "damping_adaptation", None)
+        if getattr(optimizer, "adaptive_damping", None) is not None:
+            object.__setattr__(self, "damping_adaptation",
+                               DampingAdaptation(self._loss_network(), optimizer))
+
+    def _loss_network(self):
+        """The cell that maps the step's inputs to the loss."""
+        return self.network
 
     def _next_step(self):
         """The global step of the next call, from the host copy unless it may be stale."""
@@ -172,7 +184,6 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         try:
             out = super().__call__(*args, **kwargs)
             ok = True
-            return out
         finally:
             if refresh or factors:
                 self._set_mode(False)
@@ -183,6 +194,85 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
                 # a refresh step skipped for non-finite gradients is retried: read the step
                 # a loss-scale cell may skip the optimizer (overflow): read the step next time
                 self.resync_step()
+        if refresh and self.damping_adaptation is not None:
+            self.damping_adaptation(out[0] if isinstance(out, tuple) else out, *args)
+        return out
+
+
+class DampingAdaptation(nn.Cell):
+    r"""The Levenberg-Marquardt damping adaptation of ``thor(..., adaptive_damping=omega)``, run
+    by :class:`ThorTrainOneStepCell` after each refresh step on the step's inputs.
+
+    .. math::
+
+        \rho = \frac{L(w_{t+1}) - L(w_t)}{\Delta M},\qquad
+        s \leftarrow \operatorname{clip}(\omega^{\pm 1} s \text{ or } s,\ s_{\min},\ s_{\max})
+
+    (:func:`ms_optim.ops.kfac.reduction_ratio`, :func:`ms_optim.ops.kfac.lm_damping_scale`).
+    :math:`L(w_{t+1})` is one forward pass of the loss network on the same inputs (THOR layers'
+    ``thor`` flag False: no statistics); the moving statistics of its BatchNorm cells are
+    restored afterwards, so the extra pass changes nothing but :math:`s`. Data parallel: the
+    loss change is averaged over the ranks. :math:`\Delta M` is the optimizer's
+    ``thor_lm_model`` of the refresh step (reset to 0 here, so a refresh step whose optimizer
+    call was skipped, e.g. a loss-scale overflow, adapts nothing).
+
+    Args:
+        network (Cell): the loss network (inputs -> loss).
+        optimizer (Cell): the optimizer of :func:`ms_optim.thor` with `adaptive_damping`.
+
+    Inputs:
+        - **loss** (Tensor) - :math:`L(w_t)`, the loss the refresh step returned.
+        - **\*inputs** (tuple[Tensor]) - the refresh step's inputs.
+
+    Outputs:
+        Tensor, :math:`\rho`.
+    """
+
+    def __init__(self, network, optimizer):
+        super().__init__(auto_prefix=False)
+        self.network = network
+        self.omega = optimizer.adaptive_damping
+        self.lower, self.upper = optimizer.damping_scale_bounds
+        self.scale = optimizer.thor_damping_scale
+        self.rho = optimizer.thor_lm_rho
+        self.model = optimizer.thor_lm_model
+        self.bn_state = ParameterTuple(
+            [p for _, c in network.cells_and_names() if isinstance(c, _BatchNorm)
+             for p in (c.moving_mean, c.moving_variance)])
+        self.parallel = optimizer.dp.parallel
+        self.group_size = float(optimizer.dp.group_size)
+        self.allreduce = ops.AllReduce() if self.parallel else None
+        self.hyper_map = ops.HyperMap()
+
+    def construct(self, loss, *inputs):
+        saved = self.hyper_map(_copy_state, self.bn_state)
+        new_loss = self.network(*ops.depend(inputs, saved))
+        change = ops.cast(new_loss, ms.float32) - ops.cast(loss, ms.float32)
+        if self.parallel:
+            change = self.allreduce(change) / self.group_size
+        rho = kfac.reduction_ratio(change, self.model)
+        scale = kfac.lm_damping_scale(self.scale, rho, self.omega, self.lower, self.upper)
+        done = ops.assign(self.scale, scale)
+        done = ops.depend(done, ops.assign(self.rho, rho))
+        done = ops.depend(done, ops.assign(self.model, ops.zeros_like(self.model)))
+        restored = self.hyper_map(_restore_state, self.bn_state, ops.depend(saved, new_loss))
+        return ops.depend(ops.depend(rho, done), restored)
+
+
+_copy_state = ops.MultitypeFuncGraph("thor_copy_state")
+
+
+@_copy_state.register("Tensor")
+def _copy_state_tensor(param):
+    return param * 1
+
+
+_restore_state = ops.MultitypeFuncGraph("thor_restore_state")
+
+
+@_restore_state.register("Tensor", "Tensor")
+def _restore_state_tensor(param, value):
+    return ops.assign(param, value)
 
 
 def _portable_start_overflow_check(self, pre_cond, compute_input):
@@ -341,6 +431,9 @@ class ThorWrapTrainCell(ThorTrainOneStepCell):
                     _portable_start_overflow_check, train_cell)
                 train_cell.get_overflow_status = types.MethodType(
                     _portable_get_overflow_status, train_cell)
+
+    def _loss_network(self):
+        return self.network.network
 
     def construct(self, *inputs):
         if self.dynamic_loss_scale:

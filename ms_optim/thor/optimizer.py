@@ -49,6 +49,35 @@ def _validate_schedule(value, arg_name):
     return arr.astype(np.float32).reshape(-1)
 
 
+#: default bounds of the adaptive damping multiplier
+DAMPING_SCALE_BOUNDS = (1e-3, 1e3)
+
+
+def _validate_adaptive_damping(omega, bounds):
+    """``(omega, (s_min, s_max))`` as floats (bounds None when omega is None), or raise."""
+    if omega is None:
+        if bounds is not None:
+            raise ValueError(f"For '{_NAME}', the argument 'damping_scale_bounds' needs "
+                             "'adaptive_damping' (the factor omega of the adaptation).")
+        return None, None
+    check_type(_NAME, "adaptive_damping", omega, (float, numbers.Integral), "None or float")
+    omega = float(omega)
+    if not 0.0 < omega < 1.0:
+        raise ValueError(f"For '{_NAME}', the argument 'adaptive_damping' (the factor omega) "
+                         f"must be in (0, 1), but got {omega}.")
+    if bounds is None:
+        return omega, DAMPING_SCALE_BOUNDS
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2 or any(
+            isinstance(b, bool) or not isinstance(b, (float, numbers.Integral)) for b in bounds):
+        raise TypeError(f"For '{_NAME}', the argument 'damping_scale_bounds' must be a pair of "
+                        f"floats (s_min, s_max), but got {bounds!r}.")
+    lower, upper = float(bounds[0]), float(bounds[1])
+    if not (0.0 < lower <= 1.0 <= upper < float("inf")):
+        raise ValueError(f"For '{_NAME}', the argument 'damping_scale_bounds' must satisfy "
+                         f"0 < s_min <= 1 <= s_max < inf, but got {bounds!r}.")
+    return omega, (lower, upper)
+
+
 _UNDRIVEN_WARNED = []
 
 
@@ -85,7 +114,7 @@ class ThorOptimizer(nn.Optimizer):
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
                  frequency, backend, distribute_inversion, kl_clip=None, factor_decay=None,
-                 factor_frequency=None):
+                 factor_frequency=None, adaptive_damping=None, damping_scale_bounds=None):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         #: compile-time flag of a factor step (set by ThorTrainOneStepCell)
@@ -151,6 +180,17 @@ class ThorOptimizer(nn.Optimizer):
         self.kl_clip = kl_clip
         self.thor_kl_scale = Parameter(Tensor(1.0, ms.float32), name="thor_kl_scale",
                                        requires_grad=False)
+        #: Levenberg-Marquardt damping (adaptive_damping): omega (None: off) and the bounds of
+        #: the multiplier s; s (checkpointed), the last reduction ratio rho, and the quadratic
+        #: model change of the last refresh step (0 once ThorTrainOneStepCell has consumed it)
+        self.adaptive_damping = adaptive_damping
+        self.damping_scale_bounds = damping_scale_bounds
+        self.thor_damping_scale = Parameter(Tensor(1.0, ms.float32), name="thor_damping_scale",
+                                            requires_grad=False)
+        self.thor_lm_rho = Parameter(Tensor(float("nan"), ms.float32), name="thor_lm_rho",
+                                     requires_grad=False)
+        self.thor_lm_model = Parameter(Tensor(0.0, ms.float32), name="thor_lm_model",
+                                       requires_grad=False)
         # The layers' statistics, held unregistered (plain tuples) like in the layers: not in
         # parameters_and_names(), hence not checkpointed (the next refresh recomputes them).
         object.__setattr__(self, "stat_a", tuple(b.cell.matrix_a for b in layers))
@@ -196,6 +236,8 @@ class ThorOptimizer(nn.Optimizer):
 
         # --- aligned tuples for the hyper_map'ed graph functions ------------------------------
         self._dims_a = tuple(d[0] for d in dims)
+        self._weight_index = tuple(widx)
+        self._layer_groups = tuple(b.groups for b in layers)
         self._dims_g = tuple(d[1] for d in dims)
         param_kind, pp_g, pp_a, pp_t, pp_groups = [], [], [], [], []
         for i in range(len(self._parameters)):
@@ -281,8 +323,25 @@ class ThorOptimizer(nn.Optimizer):
         bad = self.hyper_map(ops.partial(_commit_inverses, finite), bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
                              self.a_inv, self.g_inv, self.t_keep)
         if self.n_layers:
-            return ops.assign_add(self.thor_fault_count, ops.stack(bad))
-        return bad
+            return ops.assign_add(self.thor_fault_count, ops.stack(bad)), stat_a, stat_g
+        return bad, stat_a, stat_g
+
+    def _model_change(self, lam, n_batch, gradients, stat_a, stat_g, steps):
+        """:func:`ms_optim.ops.kfac.quadratic_model` of this step's weight changes ``steps``:
+        :math:`\langle g, \delta\rangle + \frac{1}{2}\delta^\top C\delta`, :math:`C` the
+        damped curvature each rule inverts (a block's :meth:`curvature` from this refresh's
+        factors; LayerNorm: its diagonal; other parameters: :math:`I`)."""
+        inner = self.hyper_map(_inner, gradients, steps)
+        curv = self.hyper_map(ops.partial(_param_curvature, lam, n_batch), self._param_kind,
+                              gradients, steps)
+        total = ops.stack(inner).sum()
+        curv_total = ops.stack(curv).sum()
+        if self.n_layers:
+            layer_curv = self.hyper_map(ops.partial(_layer_curvature, lam), self._layer_kind,
+                                        self._layer_groups, stat_a, stat_g, self.stat_t,
+                                        _pick(steps, self._weight_index))
+            curv_total = curv_total + ops.stack(layer_curv).sum()
+        return kfac.quadratic_model(total, curv_total)
 
     def _clamped(self, values, length):
         idx = ops.minimum(self.global_step, length - 1)
@@ -297,12 +356,16 @@ class ThorOptimizer(nn.Optimizer):
         finite = check_gradients(self, gradients)
         gradients = self.scale_grad(gradients)
         lam = self._clamped(self.thor_damping, self._n_damping)
+        adapt = self.adaptive_damping is not None and self.thor
+        if self.adaptive_damping is not None:
+            lam = lam * self.thor_damping_scale
         lr = self._clamped(self._lr_values, self._n_lr) if self.dynamic_lr \
             else ops.reshape(self._lr_values, ())
+        stat_a, stat_g = (), ()
         if self.thor:
             # statistics are written during forward/backward of this step; the preconditioning
             # below reads the inverses this refresh writes
-            token = self._refresh(lam, gradients, finite)
+            token, stat_a, stat_g = self._refresh(lam, gradients, finite)
         elif self.thor_factors:
             token = ops.depend(lam, self._factor_step(gradients, finite))
         else:
@@ -317,6 +380,11 @@ class ThorOptimizer(nn.Optimizer):
                                  self._param_kind, self._param_groups, self._pp_g_inv,
                                  self._pp_a_inv, self._pp_t, gradients)
         success = True
+        before = ()
+        if adapt:
+            # the weights before the update (copies): the step is their change
+            before = self.hyper_map(_copy, self._parameters)
+            token = ops.depend(token, before)
         if self.kl_clip is not None:
             dots = self.hyper_map(_precond_dot, self._is_preconditioned, precond, gradients)
             nu = kfac.kl_clip_factor(ops.stack(dots).sum(), lr, self.kl_clip)
@@ -332,6 +400,11 @@ class ThorOptimizer(nn.Optimizer):
                         self.use_nesterov, self.enable_clip_grad, self._apply_momentum),
             self.decay_flags, self._fused_momentum, self._parameters, self.moments, precond)
         success = ops.depend(success, updated)
+        if adapt:
+            steps = self.hyper_map(_change, self._parameters, ops.depend(before, updated))
+            model = self._model_change(lam, n_batch, gradients, stat_a, stat_g, steps)
+            success = ops.depend(success, ops.assign(
+                self.thor_lm_model, ops.where(finite, model, ops.zeros_like(model))))
         # a skipped step does not advance the step (as a loss-scale cell's overflow skip)
         success = ops.depend(success, ops.assign_add(
             self.global_step, ops.reshape(ops.cast(finite, ms.int32), (1,))))
@@ -456,6 +529,62 @@ def _thor_precondition_param(token, lam, n_batch, kind, groups, g_inv, a_inv, t,
     return grad
 
 
+def _pick(values, indices):
+    """(values[i] for i in indices) as a tuple."""
+    out = ()
+    for i in indices:
+        out = out + (values[i],)
+    return out
+
+
+_copy = ops.MultitypeFuncGraph("thor_copy")
+
+
+@_copy.register("Tensor")
+def _copy_param(param):
+    """A float32 copy of a parameter's value (read before the update)."""
+    return ops.cast(param, ms.float32) * 1.0
+
+
+_change = ops.MultitypeFuncGraph("thor_change")
+
+
+@_change.register("Tensor", "Tensor")
+def _change_param(param, before):
+    """The step :math:`\delta = w_{new} - w_{old}` of one parameter (float32)."""
+    return ops.cast(param, ms.float32) - before
+
+
+_inner = ops.MultitypeFuncGraph("thor_inner")
+
+
+@_inner.register("Tensor", "Tensor")
+def _inner_param(grad, step):
+    return ops.reduce_sum(ops.cast(grad, ms.float32) * step)
+
+
+_param_curvature = ops.MultitypeFuncGraph("thor_param_curvature")
+
+
+@_param_curvature.register("Tensor", "Tensor", "Number", "Tensor", "Tensor")
+def _param_curvature_rule(lam, n_batch, kind, grad, step):
+    """:math:`\delta^\top C\delta` of the rules without a block (a block's layers: 0 here)."""
+    if kind >= 0:
+        return ops.zeros((), ms.float32)
+    if kind == _KIND_LAYERNORM:
+        return kfac.layernorm_curvature(ops.cast(grad, ms.float32), step, n_batch, lam)
+    return ops.reduce_sum(step * step)
+
+
+_layer_curvature = ops.MultitypeFuncGraph("thor_layer_curvature")
+
+
+@_layer_curvature.register("Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor")
+def _layer_curvature_block(lam, kind, groups, a, g, stat_t, step):
+    """:math:`\delta^\top C\delta` of one layer's weight by its block."""
+    return _BLOCK_KINDS[kind].curvature(lam, a, g, ops.depend(stat_t, a), step, groups)
+
+
 _precond_dot = ops.MultitypeFuncGraph("thor_precond_dot")
 
 
@@ -512,7 +641,8 @@ def _thor_update_param(finite, lr, momentum, skip_or_step, weight_decay, use_nes
 def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0, batch_size=32,
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
-         thor_filter=None, verbose=False, kl_clip=None, factor_decay=None, factor_frequency=None):
+         thor_filter=None, verbose=False, kl_clip=None, factor_decay=None, factor_frequency=None,
+         adaptive_damping=None, damping_scale_bounds=None):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -648,6 +778,33 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             ("factor steps", a third compiled graph), while the inverses are still formed from
             the means only at refresh steps :math:`t \bmod F = 0` (KAISA's separate factor and
             inverse cadences). Default: ``None`` (:math:`K = F`).
+        adaptive_damping (float): keyword-only; :math:`\omega \in (0, 1)`: Levenberg-Marquardt
+            adaptation of the damping (Martens & Grosse 2015, section 6.5). Every damping above
+            becomes :math:`s\,\lambda_t`, where the multiplier :math:`s` (Parameter
+            ``thor_damping_scale``, checkpointed, starts at 1) is adapted after each refresh step
+            :math:`t`: with the step :math:`\delta = w_{t+1} - w_t` of all parameters,
+
+            .. math::
+
+                \Delta M = \langle g, \delta\rangle + \tfrac{1}{2}\delta^\top C\delta,
+                \qquad \rho = \frac{L(w_{t+1}) - L(w_t)}{\Delta M},
+
+            both losses on the step's batch (one extra forward pass per refresh step, run by
+            :class:`ThorTrainOneStepCell` in a separate graph with the network's BatchNorm
+            moving statistics restored afterwards; data parallel: averaged over the ranks).
+            :math:`C` is the damped curvature that each rule inverts at :math:`s\lambda_t`
+            (:func:`ms_optim.ops.kfac.kron_curvature`, :func:`~ms_optim.ops.kfac.
+            embedding_curvature`, :func:`~ms_optim.ops.kfac.layernorm_curvature`; :math:`I` for
+            the other parameters), from the refresh's factors: the model THOR's step
+            minimises, not the exact Fisher of kfac-jax. Then :math:`s \leftarrow \omega s` if
+            :math:`\rho > 3/4`, :math:`s / \omega` if :math:`\rho < 1/4`, clipped to
+            `damping_scale_bounds` (:func:`ms_optim.ops.kfac.lm_damping_scale`; no change when
+            :math:`\Delta M \ge 0`, e.g. a skipped step; :math:`\rho` is kept in
+            ``thor_lm_rho``). Needs :class:`ThorTrainOneStepCell` or
+            :meth:`ConvertModelUtils.convert_to_thor_model`. Default: ``None`` (off).
+        damping_scale_bounds (tuple[float]): keyword-only; :math:`(s_{\min}, s_{\max})` with
+            :math:`0 < s_{\min} \le 1 \le s_{\max}`, needs `adaptive_damping`. Default:
+            ``None`` (:math:`(10^{-3}, 10^{3})`).
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -673,6 +830,12 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         TypeError: If `factor_frequency` is neither None nor an int.
         ValueError: If `factor_frequency` is given without `factor_decay`, or is not a positive
             divisor of `frequency`.
+        TypeError: If `adaptive_damping` is neither None nor a float, or `damping_scale_bounds`
+            is not a pair of floats.
+        ValueError: If `adaptive_damping` is not in (0, 1), or `damping_scale_bounds` is given
+            without it or does not satisfy :math:`0 < s_{\min} \le 1 \le s_{\max} < \infty`.
+        TypeError: If `adaptive_damping` is given and a layer's curvature block has no
+            :meth:`~ms_optim.thor.blocks.CurvatureBlock.curvature`.
         ValueError: If `weight_decay` or `momentum` < 0.
         ValueError: If `frequency` < 2.
         ValueError: If `batch_size` <= 0.
@@ -750,6 +913,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         if factor_frequency < 1 or frequency % factor_frequency:
             raise ValueError(f"For '{_NAME}', the argument 'factor_frequency' must be a positive "
                              f"divisor of 'frequency' ({frequency}), but got {factor_frequency}.")
+    adaptive_damping, damping_scale_bounds = _validate_adaptive_damping(adaptive_damping,
+                                                                        damping_scale_bounds)
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -759,7 +924,14 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                          "it would not be preconditioned. Wrap it, e.g. "
                          "nn.SequentialCell([net]).")
     converter = ConvertNetUtils(thor_filter, verbose=verbose)
-    n_layers = len(converter.plan(net))
+    planned = converter.plan_blocks(net)
+    n_layers = len(planned)
+    if adaptive_damping is not None:
+        for path, block_cls in planned:
+            if block_cls is not None and not block_cls.has_curvature():
+                raise TypeError(f"For '{_NAME}', 'adaptive_damping' needs the curvature of every "
+                                f"preconditioned layer, but the block {block_cls.__name__} of "
+                                f"'{path}' does not implement CurvatureBlock.curvature.")
     if n_layers == 0:
         _LOG.warning("THOR: '%s' has no layer THOR can precondition (no Dense/Conv2d/Embedding/"
                      "EmbeddingLookup converted); training uses the LayerNorm and plain "
@@ -774,4 +946,5 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                          weight_decay, loss_scale, batch_size, use_nesterov, decay_filter,
                          split_indices, enable_clip_grad, frequency, resolved, distribute_inversion,
                          kl_clip=kl_clip, factor_decay=factor_decay,
-                         factor_frequency=factor_frequency)
+                         factor_frequency=factor_frequency, adaptive_damping=adaptive_damping,
+                         damping_scale_bounds=damping_scale_bounds)

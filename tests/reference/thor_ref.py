@@ -160,6 +160,15 @@ def diag_blocks(m, block=BLOCK):
     return out
 
 
+def block_diag_part(m, block=BLOCK):
+    """M with the entries outside its diagonal `block`-blocks set to zero."""
+    out = np.zeros_like(m)
+    for s in range(0, m.shape[0], block):
+        e = min(s + block, m.shape[0])
+        out[s:e, s:e] = m[s:e, s:e]
+    return out
+
+
 def precondition(g_inv, grad, a_inv, t):
     """(1/T) G^-1 dW A^-1 on the (out, in*kh*kw) matrix view."""
     shape = grad.shape
@@ -173,7 +182,8 @@ def layernorm_rule(g, n, lam):
 
 def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
              nesterov=False, decay_all=True, start_step=0, kl_clip=None, factor_decay=None,
-             factor_frequency=None):
+             factor_frequency=None, adaptive_damping=None, scale_bounds=(1e-3, 1e3),
+             trace=None):
     """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
 
     ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
@@ -183,6 +193,11 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
     the refreshes' full factors, ``sum_j b^(k-j) F_j / sum_j b^(k-j)``.
     ``factor_frequency`` K (with ``factor_decay``): the factors of every step with
     ``step % K == 0`` enter those means; the inverses are still formed every ``frequency`` steps.
+    ``adaptive_damping`` omega: the damping is s * lambda_t; after each refresh step
+    rho = (L(w_new) - L(w_old)) / (<g, d> + 0.5 d^T C d) on the step's batch, C the damped
+    block-diagonal Kronecker curvature T (A_bd + delta I) (x) (G_bd + delta I) of the weights
+    (identity for biases); s *= omega if rho > 3/4, s /= omega if rho < 1/4, clipped to
+    ``scale_bounds``. ``trace`` (a list): gets (step, rho, s) after each adaptation.
     """
     collect = factor_frequency or frequency
     history = {}
@@ -192,10 +207,14 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
     losses = []
     lr = np.atleast_1d(np.asarray(lr, np.float64))
     damping = np.atleast_1d(np.asarray(damping, np.float64))
+    scale = 1.0
     for s, (x, y) in enumerate(batches):
         step = start_step + s
         lr_t = lr[min(step, lr.size - 1)]
         lam = damping[min(step, damping.size - 1)]
+        if adaptive_damping is not None:
+            lam = lam * scale
+        curvature = {}
         loss, grads, stats = forward_backward(layers, x, y)
         losses.append(loss)
         updates = {}
@@ -219,6 +238,8 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 delta = np.sqrt(lam / t)
                 inv[li] = ([(block_diag_inverse(a, delta), block_diag_inverse(g, delta))
                             for a, g in pairs], t)
+                curvature[li] = ([(block_diag_part(a + delta * np.eye(len(a))),
+                                   block_diag_part(g + delta * np.eye(len(g)))) for a, g in pairs], t)
             w2 = layer["w"].reshape(layer["w"].shape[0], -1)
             rows = w2.shape[0] // groups
             eye = [(np.eye(w2.shape[1]), np.eye(rows))] * groups
@@ -234,6 +255,7 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
             nu = min(1.0, np.sqrt(kl_clip / vg)) if vg > 0 else 1.0
             for u in updates.values():
                 u["w"] = nu * u["w"]
+        old = [dict(l) for l in layers]
         for li, new in updates.items():
             layer = layers[li]
             for key, g in new.items():
@@ -243,6 +265,35 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 vel[(li, key)] = v
                 upd = g + momentum * v if nesterov else v
                 layer[key] = layer[key] - lr_t * upd
+        if adaptive_damping is not None and step % frequency == 0:
+            inner, curv = 0.0, 0.0
+            for li in updates:
+                gw, gb = grads[li]
+                dw = layers[li]["w"] - old[li]["w"]
+                inner += np.sum(gw * dw)
+                pairs, t = curvature[li]
+                d2 = dw.reshape(dw.shape[0], -1)
+                rows = d2.shape[0] // len(pairs)
+                for j, (a_d, g_d) in enumerate(pairs):
+                    dj = d2[j * rows:(j + 1) * rows]
+                    curv += t * np.sum(dj * (g_d @ dj @ a_d))
+                if gb is not None:
+                    db = layers[li]["b"] - old[li]["b"]
+                    inner += np.sum(gb * db)
+                    curv += np.sum(db * db)
+            model = inner + 0.5 * curv
+            new_loss = forward_backward(layers, x, y)[0]
+            if model < 0:
+                rho = (new_loss - loss) / model if np.isfinite(new_loss) else -np.inf
+                if rho > 0.75:
+                    scale *= adaptive_damping
+                elif rho < 0.25:
+                    scale /= adaptive_damping
+                scale = min(max(scale, scale_bounds[0]), scale_bounds[1])
+            else:
+                rho = np.nan
+            if trace is not None:
+                trace.append((step, rho, scale))
     return layers, losses
 
 
