@@ -75,7 +75,10 @@ class OptimizerMonitor(Callback):
       layer, ``layer_damping`` (the :math:`\delta` added to its factors: :math:`\sqrt{\lambda_t / T}`
       for Dense/Conv2d, :math:`\sqrt{\lambda_t}` for embeddings) and ``condition`` (the larger
       condition number of its two damped factors, :func:`ms_optim.callbacks.factor_condition`,
-      computed on the host from the stored inverses);
+      computed on the host from the stored inverses); with `adaptive_damping`, ``damping`` is
+      the damping in effect, :math:`s\lambda_t`, ``damping_scale`` the multiplier :math:`s` the
+      step used and, on refresh steps, ``lm_rho`` the reduction ratio :math:`\rho` measured
+      after the step (from which the next :math:`s` follows);
     * LARS (:class:`ms_optim.LARS`): ``trust_min`` / ``trust_median`` / ``trust_max`` of the
       trust ratios :math:`\tau` of the adapted parameters, and ``clipped_fraction`` (share of
       ratios at the clip bounds 0 or 1 with `use_clip`), when the optimizer records them.
@@ -145,6 +148,7 @@ class OptimizerMonitor(Callback):
         self._t0 = None
         self._faults = None
         self._nonfinite = None
+        self._scale = None
         self._layer_names = self._names()
 
     def _names(self):
@@ -163,6 +167,8 @@ class OptimizerMonitor(Callback):
             self._nonfinite = int(_scalar(self.optimizer.nonfinite_steps))
 
     def on_train_step_begin(self, run_context):
+        if getattr(self.optimizer, "adaptive_damping", None) is not None:
+            self._scale = _scalar(self.optimizer.thor_damping_scale)  # the step's multiplier
         self._t0 = time.perf_counter()
 
     def on_train_step_end(self, run_context):
@@ -232,6 +238,11 @@ class OptimizerMonitor(Callback):
         row["refresh"] = (step - 1) % opt.frequency == 0
         damping = _array(opt.thor_damping)
         row["damping"] = float(damping[min(step - 1, damping.size - 1)])
+        if self._scale is not None:
+            row["damping_scale"] = self._scale
+            row["damping"] *= self._scale
+            if row["refresh"]:
+                row["lm_rho"] = _scalar(opt.thor_lm_rho)
         faults = _array(opt.thor_fault_count)
         row["faults"] = faults.tolist()
         if self._faults is not None:
@@ -277,6 +288,8 @@ class OptimizerMonitor(Callback):
             panels.append(("kl_scale", "KL-clip factor"))
         if any("condition" in r for r in rows):
             panels.append(("condition", "largest factor condition (refresh)"))
+        if "damping_scale" in rows[0]:
+            panels.append(("damping_scale", "damping multiplier s"))
         if "trust_median" in rows[0]:
             panels.append(("trust_median", "median trust ratio"))
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.2))

@@ -127,3 +127,33 @@ def test_refresh_rows_layer_damping_and_condition(tmp_path):
                 want = max(want, np.linalg.cond(blk))
         assert rows[0]["condition"][k] == pytest.approx(want, rel=2e-3), k
     assert layers[2].matrix_a.shape == (4, 128, 128)  # 504 = 3 * 128 + 120: padded last block
+
+
+def test_adaptive_damping_rows(tmp_path):
+    """With adaptive_damping: each row's damping_scale is the multiplier the step used (the one
+    the previous refresh's adaptation left), damping = s * lambda_t, and refresh rows carry the
+    reduction ratio measured after the step; the plot gets the multiplier panel."""
+    rng = np.random.default_rng(1)
+    net = H.build_net(H.mlp_spec(rng))
+    opt = ms_optim.thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9, frequency=2,
+                        adaptive_damping=0.5)
+    loss = H.loss_fn()
+    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
+                                                             loss, opt)
+    png = tmp_path / "m.png"
+    mon = ms_optim.OptimizerMonitor(str(tmp_path / "m.jsonl"), opt, png=str(png))
+    model.train(1, _data(n=24), callbacks=[mon], dataset_sink_mode=False)
+    rows = mon.rows
+    assert [r["refresh"] for r in rows] == [True, False] * 3
+    scales = [r["damping_scale"] for r in rows]
+    assert scales[0] == 1.0
+    for r in rows:
+        assert r["damping"] == pytest.approx(0.1 * r["damping_scale"], rel=1e-6)
+        assert ("lm_rho" in r) == r["refresh"]
+    for k in (0, 2, 4):  # the rule, applied to the logged rho, gives the next step's multiplier
+        rho, s = rows[k]["lm_rho"], scales[k]
+        want = s * 0.5 if rho > 0.75 else s / 0.5 if rho < 0.25 else s
+        assert scales[k + 1] == pytest.approx(min(max(want, 1e-3), 1e3), rel=1e-6)
+        assert scales[k + 1] == scales[k + 2] if k + 2 < len(rows) else True
+    assert float(opt.thor_damping_scale.asnumpy()) != 1.0
+    assert png.stat().st_size > 1000

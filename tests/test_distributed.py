@@ -339,8 +339,8 @@ def test_thor_layernorm_data_parallel_equals_full_batch(thor_job):
 
 
 def test_thor_controls_data_parallel_equals_full_batch(thor_job):
-    """kl_clip, factor_decay and factor_frequency=1 (two buckets, inversion split over the
-    ranks): the KL factor is computed from the rank-averaged gradients and the running means
+    """kl_clip, factor_decay, factor_frequency=1 and adaptive_damping (two buckets, inversion
+    split over the ranks): the KL factor is computed from the rank-averaged gradients and the running means
     from the factors reduced at every step (7 factor collections, inverses at 0, 3, 6), so the
     ranks equal the single process; all controls were active."""
     _, results = thor_job
@@ -351,6 +351,10 @@ def test_thor_controls_data_parallel_equals_full_batch(thor_job):
         assert float(state["opt/thor_kl_scale"]) < 1.0
         weights = [v for k, v in state.items() if k.startswith("opt/thor_avg_w.")]
         assert weights and all(abs(float(w) - (1 - 0.8 ** 7)) < 1e-6 for w in weights)
+        # the damping multiplier moved (three adaptations: after the refreshes at 0, 3, 6) and
+        # is the same on every rank (the loss change is averaged over the ranks)
+        assert float(state["opt/thor_damping_scale"]) != 1.0
+        assert float(state["opt/thor_damping_scale"]) == float(ref["opt/thor_damping_scale"])
 
 
 @pytest.mark.slow  # GRAPH + split + distributed inversion also run by thor_ctrl-graph (thor_job)

@@ -63,7 +63,10 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         With the optimizer's ``factor_frequency`` :math:`K < F`, the steps
         :math:`t \bmod K = 0` that are not refresh steps run a third graph, the factor step
         (statistics into the running means, no inversion); with :math:`K > 1` the step number
-        is also read before each of them.
+        is also read before each of them. With the optimizer's ``adaptive_damping``, each refresh
+        step is followed by one more forward pass of the loss network on the same inputs (a
+        separate graph; BatchNorm moving statistics restored afterwards), from which the damping
+        multiplier ``thor_damping_scale`` is adapted by the Levenberg-Marquardt rule.
 
     Args:
         network (Cell): network with loss.
@@ -122,7 +125,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         object.__setattr__(self, "damping_adaptation", None)
         if getattr(optimizer, "adaptive_damping", None) is not None:
             object.__setattr__(self, "damping_adaptation",
-                               DampingAdaptation(self._loss_network(), optimizer))
+                               _DampingAdaptation(self._loss_network(), optimizer))
 
     def _loss_network(self):
         """The cell that maps the step's inputs to the loss."""
@@ -199,7 +202,7 @@ class ThorTrainOneStepCell(nn.TrainOneStepCell):
         return out
 
 
-class DampingAdaptation(nn.Cell):
+class _DampingAdaptation(nn.Cell):
     r"""The Levenberg-Marquardt damping adaptation of ``thor(..., adaptive_damping=omega)``, run
     by :class:`ThorTrainOneStepCell` after each refresh step on the step's inputs.
 
