@@ -328,7 +328,7 @@ def kron_precondition(g_inv, grad, a_inv, t, groups=1):
 
 
 def _kron_block_product(left, x, right, groups):
-    """:math:`L_{bd}\,X\,R_{bd}` per group, for ``(g n_L, s_L, s_L)`` / ``(g n_R, s_R, s_R)``
+    r""":math:`L_{bd}\,X\,R_{bd}` per group, for ``(g n_L, s_L, s_L)`` / ``(g n_R, s_R, s_R)``
     diagonal blocks and :math:`X` of shape ``(g d_out, d_in)`` (zero-padded to whole blocks)."""
     rows, d_in = x.shape
     d_out = rows // groups
@@ -349,7 +349,7 @@ def _kron_block_product(left, x, right, groups):
 
 
 def _plus_delta_identity(blocks, delta):
-    """Diagonal blocks :math:`M_{bd} + \delta I`."""
+    r"""Diagonal blocks :math:`M_{bd} + \delta I`."""
     eye = ops.eye(blocks.shape[-1], blocks.shape[-1], ms.float32)
     return blocks + delta * eye
 
@@ -359,15 +359,12 @@ def kron_curvature(g_blocks, step, a_blocks, t, delta, groups=1):
 
     .. math::
 
-        \Delta^	op C \Delta = T\,ig\langle \Delta,\ (G_{bd} + \delta I)\,\Delta\,
-        (A_{bd} + \delta I) ig
-angle
+        \Delta^\top C \Delta = T\,\big\langle \Delta,\ (G_{bd} + \delta I)\,\Delta\,
+        (A_{bd} + \delta I) \big\rangle
 
-    where :math:`\langle X, Y
-angle = \sum_{ij} X_{ij} Y_{ij}`: the quadratic form of
+    where :math:`\langle X, Y\rangle = \sum_{ij} X_{ij} Y_{ij}`: the quadratic form of
     :math:`C = T\,(A_{bd} + \delta I) \otimes (G_{bd} + \delta I)`, whose inverse applied to
-    :math:`
-abla W` is :func:`kron_precondition` (per group for `groups` > 1).
+    :math:`\nabla W` is :func:`kron_precondition` (per group for `groups` > 1).
 
     Args:
         g_blocks (Tensor): diagonal blocks of :math:`G`, shape :math:`(g\, n_G, s_G, s_G)`.

@@ -157,7 +157,7 @@ class CurvatureBlock:
 
     @staticmethod
     def curvature(lam, a, g, t, step, groups):
-        """Graph function: :math:`\delta^\top C \delta` (float32 scalar) for a step
+        r"""Graph function: :math:`\delta^\top C \delta` (float32 scalar) for a step
         :math:`\delta` of the weight, :math:`C` the damped curvature whose inverse
         :meth:`precondition` applies, from the statistics ``a``, ``g``, ``t`` at damping
         ``lam``. Needed only with ``adaptive_damping`` (its quadratic model); a block class that

@@ -256,9 +256,9 @@ class ConvertNetUtils:
         Returns:
             list[str], cell paths.
         """
-        return [name for name, _ in self.plan_blocks(net)]
+        return [name for name, _ in self._plan_blocks(net)]
 
-    def plan_blocks(self, net):
+    def _plan_blocks(self, net):
         """Like :meth:`plan`, with the curvature block class of each layer.
 
         Args:

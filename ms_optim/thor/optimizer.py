@@ -327,7 +327,7 @@ class ThorOptimizer(nn.Optimizer):
         return bad, stat_a, stat_g
 
     def _model_change(self, lam, n_batch, gradients, stat_a, stat_g, steps):
-        """:func:`ms_optim.ops.kfac.quadratic_model` of this step's weight changes ``steps``:
+        r""":func:`ms_optim.ops.kfac.quadratic_model` of this step's weight changes ``steps``:
         :math:`\langle g, \delta\rangle + \frac{1}{2}\delta^\top C\delta`, :math:`C` the
         damped curvature each rule inverts (a block's :meth:`curvature` from this refresh's
         factors; LayerNorm: its diagonal; other parameters: :math:`I`)."""
@@ -551,7 +551,7 @@ _change = ops.MultitypeFuncGraph("thor_change")
 
 @_change.register("Tensor", "Tensor")
 def _change_param(param, before):
-    """The step :math:`\delta = w_{new} - w_{old}` of one parameter (float32)."""
+    r"""The step :math:`\delta = w_{new} - w_{old}` of one parameter (float32)."""
     return ops.cast(param, ms.float32) - before
 
 
@@ -568,7 +568,7 @@ _param_curvature = ops.MultitypeFuncGraph("thor_param_curvature")
 
 @_param_curvature.register("Tensor", "Tensor", "Number", "Tensor", "Tensor")
 def _param_curvature_rule(lam, n_batch, kind, grad, step):
-    """:math:`\delta^\top C\delta` of the rules without a block (a block's layers: 0 here)."""
+    r""":math:`\delta^\top C\delta` of the rules without a block (a block's layers: 0 here)."""
     if kind >= 0:
         return ops.zeros((), ms.float32)
     if kind == _KIND_LAYERNORM:
@@ -581,7 +581,7 @@ _layer_curvature = ops.MultitypeFuncGraph("thor_layer_curvature")
 
 @_layer_curvature.register("Tensor", "Number", "Number", "Tensor", "Tensor", "Tensor", "Tensor")
 def _layer_curvature_block(lam, kind, groups, a, g, stat_t, step):
-    """:math:`\delta^\top C\delta` of one layer's weight by its block."""
+    r""":math:`\delta^\top C\delta` of one layer's weight by its block."""
     return _BLOCK_KINDS[kind].curvature(lam, a, g, ops.depend(stat_t, a), step, groups)
 
 
@@ -679,6 +679,26 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     value holds); :math:`\mu` = `momentum`; :math:`wd` = `weight_decay`. The damping is split as
     :math:`\sqrt{\lambda}` between the two factors (factored Tikhonov damping), which is what
     ``mindspore.nn.thor`` computes.
+
+    Adaptive damping (``adaptive_damping`` :math:`\omega`; Martens & Grosse 2015, section 6.5):
+    the multiplier :math:`s` (Parameter ``thor_damping_scale``, checkpointed, starts at 1) of
+    every damping above is adapted after each refresh step :math:`t` from the step
+    :math:`\delta = w_{t+1} - w_t` of all parameters,
+
+    .. math::
+
+        \Delta M = \langle g, \delta\rangle + \tfrac{1}{2}\delta^\top C\delta,
+        \qquad \rho = \frac{L(w_{t+1}) - L(w_t)}{\Delta M},
+
+    both losses on the step's batch (one extra forward pass per refresh step, run by
+    :class:`ThorTrainOneStepCell` in a separate graph with the network's BatchNorm moving
+    statistics restored afterwards; data parallel: averaged over the ranks). :math:`C` is the
+    damped curvature that each rule inverts at :math:`s\lambda_t`
+    (:func:`~ms_optim.ops.kfac.kron_curvature`, :func:`~ms_optim.ops.kfac.embedding_curvature`,
+    :func:`~ms_optim.ops.kfac.layernorm_curvature`; :math:`I` for the other parameters), from
+    the refresh's factors: the model THOR's step minimises, not the exact Fisher of kfac-jax.
+    :math:`\rho` (:func:`ms_optim.ops.kfac.reduction_ratio`) is kept in ``thor_lm_rho``; with
+    :math:`\Delta M \ge 0` (e.g. a skipped step) :math:`s` is kept.
 
     Note:
         - Refresh steps happen at global steps 0, F, 2F, ... when training goes through
@@ -779,29 +799,12 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             the means only at refresh steps :math:`t \bmod F = 0` (KAISA's separate factor and
             inverse cadences). Default: ``None`` (:math:`K = F`).
         adaptive_damping (float): keyword-only; :math:`\omega \in (0, 1)`: Levenberg-Marquardt
-            adaptation of the damping (Martens & Grosse 2015, section 6.5). Every damping above
-            becomes :math:`s\,\lambda_t`, where the multiplier :math:`s` (Parameter
-            ``thor_damping_scale``, checkpointed, starts at 1) is adapted after each refresh step
-            :math:`t`: with the step :math:`\delta = w_{t+1} - w_t` of all parameters,
-
-            .. math::
-
-                \Delta M = \langle g, \delta\rangle + \tfrac{1}{2}\delta^\top C\delta,
-                \qquad \rho = \frac{L(w_{t+1}) - L(w_t)}{\Delta M},
-
-            both losses on the step's batch (one extra forward pass per refresh step, run by
-            :class:`ThorTrainOneStepCell` in a separate graph with the network's BatchNorm
-            moving statistics restored afterwards; data parallel: averaged over the ranks).
-            :math:`C` is the damped curvature that each rule inverts at :math:`s\lambda_t`
-            (:func:`ms_optim.ops.kfac.kron_curvature`, :func:`~ms_optim.ops.kfac.
-            embedding_curvature`, :func:`~ms_optim.ops.kfac.layernorm_curvature`; :math:`I` for
-            the other parameters), from the refresh's factors: the model THOR's step
-            minimises, not the exact Fisher of kfac-jax. Then :math:`s \leftarrow \omega s` if
+            adaptation of the damping (see "Adaptive damping" above): every damping becomes
+            :math:`s\,\lambda_t`, and after each refresh step :math:`s \leftarrow \omega s` if
             :math:`\rho > 3/4`, :math:`s / \omega` if :math:`\rho < 1/4`, clipped to
-            `damping_scale_bounds` (:func:`ms_optim.ops.kfac.lm_damping_scale`; no change when
-            :math:`\Delta M \ge 0`, e.g. a skipped step; :math:`\rho` is kept in
-            ``thor_lm_rho``). Needs :class:`ThorTrainOneStepCell` or
-            :meth:`ConvertModelUtils.convert_to_thor_model`. Default: ``None`` (off).
+            `damping_scale_bounds` (:func:`ms_optim.ops.kfac.lm_damping_scale`). Needs
+            :class:`ThorTrainOneStepCell` or :meth:`ConvertModelUtils.convert_to_thor_model`.
+            Default: ``None`` (off).
         damping_scale_bounds (tuple[float]): keyword-only; :math:`(s_{\min}, s_{\max})` with
             :math:`0 < s_{\min} \le 1 \le s_{\max}`, needs `adaptive_damping`. Default:
             ``None`` (:math:`(10^{-3}, 10^{3})`).
@@ -924,7 +927,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                          "it would not be preconditioned. Wrap it, e.g. "
                          "nn.SequentialCell([net]).")
     converter = ConvertNetUtils(thor_filter, verbose=verbose)
-    planned = converter.plan_blocks(net)
+    planned = converter._plan_blocks(net)  # pylint: disable=protected-access
     n_layers = len(planned)
     if adaptive_damping is not None:
         for path, block_cls in planned:
