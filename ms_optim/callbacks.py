@@ -256,11 +256,18 @@ class OptimizerMonitor(Callback):
             row["kl_scale"] = _scalar(opt.thor_kl_scale)
         if row["refresh"] and hasattr(opt, "blocks"):
             lam = Tensor(row["damping"], ms.float32)
-            row["layer_damping"] = [_scalar(type(b).delta(lam, t))
+            row["layer_damping"] = [_scalar(type(b).delta(lam, b.t_of(t.asnumpy())))
                                     for b, t in zip(opt.blocks, opt.t_keep)]
-            row["condition"] = [max(factor_condition(opt.a_inv[k].asnumpy(), d_a),
-                                    factor_condition(opt.g_inv[k].asnumpy(), d_g))
-                                for k, (d_a, d_g) in enumerate(b.dims() for b in opt.blocks)]
+            row["condition"] = [self._condition(k, b) for k, b in enumerate(opt.blocks)]
+
+    def _condition(self, k, block):
+        opt = self.optimizer
+        a, g = opt.a_inv[k].asnumpy(), opt.g_inv[k].asnumpy()
+        own = block.host_condition(a, g, opt.t_keep[k].asnumpy())
+        if own is not None:
+            return own
+        d_a, d_g = block.dims()
+        return max(factor_condition(a, d_a), factor_condition(g, d_g))
 
     def _lars_row(self, row):
         tau = _array(self.optimizer.lars_trust)

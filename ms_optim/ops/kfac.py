@@ -21,7 +21,8 @@ __all__ = [
     "embedding_input_statistic", "embedding_damped_inverse", "embedding_precondition",
     "momentum_step", "kl_clip_scale", "kl_clip_factor", "factor_moving_average",
     "kron_curvature", "embedding_curvature", "layernorm_curvature", "quadratic_model",
-    "reduction_ratio", "lm_damping_scale",
+    "reduction_ratio", "lm_damping_scale", "eigen_of_blocks", "kron_eigen_precondition",
+    "kron_eigen_curvature",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -332,20 +333,40 @@ def _kron_block_product(left, x, right, groups):
     diagonal blocks and :math:`X` of shape ``(g d_out, d_in)`` (zero-padded to whole blocks)."""
     rows, d_in = x.shape
     d_out = rows // groups
+    xp = _pad_to_blocks(x, groups, left.shape[0] // groups * left.shape[1],
+                        right.shape[0] // groups * right.shape[1])
+    return _crop_from_blocks(_padded_block_product(left, xp, right, groups), rows, d_in)
+
+
+def _pad_to_blocks(x, groups, out_p, in_p):
+    """``(g d_out, d_in)`` -> ``(g, out_p, in_p)``, zero-padded."""
+    rows, d_in = x.shape
+    d_out = rows // groups
+    x = ops.reshape(x, (groups, d_out, d_in))
+    if out_p != d_out or in_p != d_in:
+        x = ops.pad(x, (0, in_p - d_in, 0, out_p - d_out))
+    return x
+
+
+def _crop_from_blocks(x, rows, d_in):
+    """``(g, out_p, in_p)`` -> ``(g d_out, d_in)``."""
+    groups, out_p, in_p = x.shape
+    d_out = rows // groups
+    if out_p != d_out or in_p != d_in:
+        x = x[:, :d_out, :d_in]
+    return ops.reshape(x, (rows, d_in))
+
+
+def _padded_block_product(left, x, right, groups):
+    """:math:`L_{bd}\\,X\\,R_{bd}` per group on a padded ``(g, out_p, in_p)`` tensor."""
     n_g, s_g = left.shape[0] // groups, left.shape[1]
     n_a, s_a = right.shape[0] // groups, right.shape[1]
     out_p, in_p = n_g * s_g, n_a * s_a
-    x = ops.reshape(x, (groups, d_out, d_in)) if groups > 1 else x
-    if out_p != d_out or in_p != d_in:
-        x = ops.pad(x, (0, in_p - d_in, 0, out_p - d_out))
     x = ops.BatchMatMul()(left, ops.reshape(x, (groups * n_g, s_g, in_p)))
     x = ops.transpose(ops.reshape(x, (groups, out_p, n_a, s_a)), (0, 2, 1, 3))
     x = ops.BatchMatMul()(ops.reshape(x, (groups * n_a, out_p, s_a)), right)
     x = ops.transpose(ops.reshape(x, (groups, n_a, out_p, s_a)), (0, 2, 1, 3))
-    x = ops.reshape(x, (groups, out_p, in_p))
-    if out_p != d_out or in_p != d_in:
-        x = x[:, :d_out, :d_in]
-    return ops.reshape(x, (rows, d_in))
+    return ops.reshape(x, (groups, out_p, in_p))
 
 
 def _plus_delta_identity(blocks, delta):
@@ -715,3 +736,88 @@ def lm_damping_scale(scale, rho, omega, lower, upper):
     new = ops.select(rho > 0.75, scale * omega, scale)
     new = ops.select(rho < 0.25, scale / omega, new)
     return ops.minimum(ops.maximum(new, lower), upper)
+
+
+def eigen_of_blocks(blocks):
+    r"""Eigen-decomposition of symmetric positive semi-definite blocks.
+
+    .. math::
+
+        M_b = Q_b \operatorname{diag}(e_b)\, Q_b^\top,\qquad Q_b^\top Q_b = I,\quad e_b \ge 0
+
+    computed with the batched singular value decomposition (``ops.svd``; MindSpore 2.10 has no
+    batched ``eigh``): for a symmetric positive semi-definite matrix the two coincide, and an
+    eigenvalue that rounding makes slightly negative comes back as its absolute value.
+
+    Args:
+        blocks (Tensor): :math:`(n, s, s)`, float32.
+
+    Returns:
+        tuple ``(q, e)``: :math:`Q` of shape :math:`(n, s, s)` (eigenvectors in columns) and
+        :math:`e` of shape :math:`(n, s)`.
+    """
+    e, q, _ = ops.svd(blocks, full_matrices=False, compute_uv=True)
+    return q, e
+
+
+def kron_eigen_precondition(q_g, e_g, grad, q_a, e_a, t, damping, groups=1):
+    r"""Kronecker-factored natural gradient with the damping on the eigenvalues (KAISA's
+    eigen method): the exact inverse of :math:`T\,A_{bd} \otimes G_{bd} + \lambda I`.
+
+    .. math::
+
+        \tilde\nabla W = Q_G \Big[\big(Q_G^\top\,\nabla W\,Q_A\big) \oslash
+        \big(T\, e_G e_A^\top + \lambda\big)\Big] Q_A^\top
+
+    with :math:`A_{bd} = Q_A \operatorname{diag}(e_A) Q_A^\top` and
+    :math:`G_{bd} = Q_G \operatorname{diag}(e_G) Q_G^\top` block by block
+    (:func:`eigen_of_blocks`; :math:`\oslash` element-wise division), per group for
+    `groups` > 1. The padding of the last blocks is carried through and cut at the end.
+
+    Args:
+        q_g (Tensor): eigenvectors of the blocks of :math:`G`, :math:`(g\, n_G, s_G, s_G)`.
+        e_g (Tensor): their eigenvalues, :math:`(g\, n_G, s_G)`.
+        grad (Tensor): :math:`\nabla W`, shape :math:`(g\, d_{out}, d_{in})`.
+        q_a (Tensor): eigenvectors of the blocks of :math:`A`, :math:`(g\, n_A, s_A, s_A)`.
+        e_a (Tensor): their eigenvalues, :math:`(g\, n_A, s_A)`.
+        t (Union[int, Tensor]): :math:`T`.
+        damping (Tensor): :math:`\lambda > 0`.
+        groups (int): :math:`g`. Default: ``1``.
+
+    Returns:
+        Tensor of shape :math:`(g\, d_{out}, d_{in})`.
+    """
+    rows, d_in = grad.shape
+    out_p = q_g.shape[0] // groups * q_g.shape[1]
+    in_p = q_a.shape[0] // groups * q_a.shape[1]
+    x = _pad_to_blocks(ops.cast(grad, ms.float32), groups, out_p, in_p)
+    x = _padded_block_product(ops.transpose(q_g, (0, 2, 1)), x, q_a, groups)
+    den = t * ops.expand_dims(ops.reshape(e_g, (groups, out_p)), 2) \
+        * ops.expand_dims(ops.reshape(e_a, (groups, in_p)), 1) + damping
+    x = _padded_block_product(q_g, x / den, ops.transpose(q_a, (0, 2, 1)), groups)
+    return _crop_from_blocks(x, rows, d_in)
+
+
+def kron_eigen_curvature(g_blocks, step, a_blocks, t, damping, groups=1):
+    r"""The curvature that :func:`kron_eigen_precondition` inverts, applied to a step.
+
+    .. math::
+
+        \Delta^\top C \Delta = T\,\big\langle \Delta,\ G_{bd}\,\Delta\,A_{bd} \big\rangle
+        + \lambda\,\langle \Delta, \Delta\rangle,\qquad
+        C = T\,A_{bd} \otimes G_{bd} + \lambda I
+
+    Args:
+        g_blocks (Tensor): diagonal blocks of :math:`G`, shape :math:`(g\, n_G, s_G, s_G)`.
+        step (Tensor): :math:`\Delta`, shape :math:`(g\, d_{out}, d_{in})`.
+        a_blocks (Tensor): diagonal blocks of :math:`A`, shape :math:`(g\, n_A, s_A, s_A)`.
+        t (Union[int, Tensor]): :math:`T`.
+        damping (Tensor): :math:`\lambda`.
+        groups (int): :math:`g`. Default: ``1``.
+
+    Returns:
+        Tensor, float32 scalar.
+    """
+    step = ops.cast(step, ms.float32)
+    prod = _kron_block_product(g_blocks, step, a_blocks, groups)
+    return t * ops.reduce_sum(step * prod) + damping * ops.reduce_sum(step * step)

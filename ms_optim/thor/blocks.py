@@ -30,7 +30,7 @@ from mindspore import ops
 
 from ..ops import kfac
 
-__all__ = ["CurvatureBlock", "KroneckerBlock", "EmbeddingBlock", "register_block",
+__all__ = ["CurvatureBlock", "KroneckerBlock", "EigenKroneckerBlock", "EmbeddingBlock", "register_block",
            "block_class_for", "BLOCK_KINDS"]
 
 _F32_EPS = 2.0 ** -23
@@ -130,6 +130,27 @@ class CurvatureBlock:
         """float32 arrays ``(A^-1, G^-1)`` used before the first refresh (identities)."""
         raise NotImplementedError
 
+    def initial_kept(self):
+        """float32 value of the layer's ``thor_t`` Parameter before the first refresh: what
+        :meth:`kept` stores at a refresh (default: :math:`T`, so 1.0)."""
+        return np.float32(1.0)
+
+    @staticmethod
+    def kept(lam, t):
+        """Graph function: what a refresh keeps beside the inverses for :meth:`precondition`
+        (its ``t`` argument): by default :math:`T`."""
+        return t
+
+    @staticmethod
+    def t_of(kept):
+        """Host side: :math:`T` from a kept value (numpy)."""
+        return float(np.asarray(kept).reshape(-1)[0])
+
+    def host_condition(self, a_store, g_store, kept):
+        """Host side: the condition number of the damped curvature from the stored values, or
+        None to use the two factors' inverses (:func:`ms_optim.callbacks.factor_condition`)."""
+        return None
+
     def inversion_cost(self):
         """Relative cost of one inversion (balances ``distribute_inversion``)."""
         a, g = self.inverse_shapes()
@@ -221,6 +242,90 @@ class KroneckerBlock(CurvatureBlock):
     def curvature(lam, a, g, t, step, groups):
         return kfac.kron_curvature(g, ops.reshape(step, (step.shape[0], -1)), a, t,
                                    KroneckerBlock.delta(lam, t), groups)
+
+
+class EigenKroneckerBlock(KroneckerBlock):
+    r"""Dense / Conv2d with ``inverse_method="eigh"``: the damping on the eigenvalues.
+
+    .. math::
+
+        \tilde g^{(j)} = Q_G \Big[\big(Q_G^\top \nabla W^{(j)} Q_A\big) \oslash
+        \big(T\, e_G e_A^\top + \lambda\big)\Big] Q_A^\top
+
+    the exact inverse of :math:`T\,A_{bd} \otimes G_{bd} + \lambda I` from the eigen-decompositions
+    of the 128-blocks (:func:`ms_optim.ops.kfac.kron_eigen_precondition`). A refresh stores
+    :math:`[Q \mid e]` per block (shape :math:`(g\,n_b, s, s + 1)`) in the inverse Parameters and
+    :math:`(T, \lambda)` in ``thor_t``. Fault guard: non-finite statistics, or
+    :math:`\lambda \le s\,2^{-23}\,T \max\operatorname{diag} A \max\operatorname{diag} G`.
+    """
+
+    def inverse_shapes(self):
+        return tuple((n, s, s + 1) for n, s, _ in KroneckerBlock.inverse_shapes(self))
+
+    def initial_inverses(self):
+        # Q = I, e = 1 (with kept (T, lambda) = (1, 0): the plain gradient before a refresh)
+        out = []
+        for n, s, _ in KroneckerBlock.inverse_shapes(self):
+            x = np.zeros((n, s, s + 1), np.float32)
+            x[:, :, :s] = np.eye(s, dtype=np.float32)
+            x[:, :, s] = 1.0
+            out.append(x)
+        return tuple(out)
+
+    def initial_kept(self):
+        return np.array([1.0, 0.0], np.float32)
+
+    @staticmethod
+    def kept(lam, t):
+        return ops.concat((ops.reshape(t * 1.0, (1,)), ops.reshape(lam * 1.0, (1,))))
+
+    def inversion_cost(self):
+        # one SVD per block: about 4x the Cholesky work of the same block
+        return 4.0 * KroneckerBlock.inversion_cost(self)
+
+    @staticmethod
+    def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
+        scale_a = ops.maximum(ops.diagonal(a, 0, -2, -1).max(), 0.0)
+        scale_g = ops.maximum(ops.diagonal(g, 0, -2, -1).max(), 0.0)
+        ok = _guard(lam, t * scale_a * scale_g, a, g)
+        _, a_safe, g_safe = _safe(ok, lam, a, g)
+        q_a, e_a = kfac.eigen_of_blocks(a_safe)
+        q_g, e_g = kfac.eigen_of_blocks(g_safe)
+        store_a = ops.concat((q_a, ops.expand_dims(e_a, -1)), -1)
+        store_g = ops.concat((q_g, ops.expand_dims(e_g, -1)), -1)
+        return _checked(ok, store_a, store_g)
+
+    @staticmethod
+    def precondition(g_inv, a_inv, t, grad, groups):
+        s_g, s_a = g_inv.shape[1], a_inv.shape[1]
+        shape = grad.shape
+        g2 = kfac.kron_eigen_precondition(g_inv[:, :, :s_g], g_inv[:, :, s_g],
+                                          ops.reshape(grad, (shape[0], -1)),
+                                          a_inv[:, :, :s_a], a_inv[:, :, s_a], t[0], t[1], groups)
+        return ops.reshape(g2, shape)
+
+    @staticmethod
+    def curvature(lam, a, g, t, step, groups):
+        return kfac.kron_eigen_curvature(g, ops.reshape(step, (step.shape[0], -1)), a, t, lam,
+                                         groups)
+
+    def host_condition(self, a_store, g_store, kept):
+        r""":math:`(T \max e_G \max e_A + \lambda) / (T \min e_G \min e_A + \lambda)` over
+        the factors' eigenvalues (the zeros of a last block's padding left out)."""
+        t, lam = (float(v) for v in np.asarray(kept, np.float64).reshape(-1)[:2])
+        ext = []
+        for store, d in ((a_store, self.dims()[0]), (g_store, self.dims()[1])):
+            store = np.asarray(store, np.float64)
+            s = store.shape[1]
+            nb = -(-d // s)
+            vals = []
+            for b in range(store.shape[0]):
+                pad = s - (d - (nb - 1) * s) if b % nb == nb - 1 else 0
+                vals.append(np.sort(store[b, :, s])[pad:])
+            vals = np.concatenate(vals)
+            ext.append((vals.min(), vals.max()))
+        low = t * ext[0][0] * ext[1][0] + lam
+        return float((t * ext[0][1] * ext[1][1] + lam) / low) if low > 0 else float("inf")
 
 
 class EmbeddingBlock(CurvatureBlock):
@@ -325,3 +430,7 @@ def missing_statistics(cell):
 def kind_of(block_cls):
     """The graph-side ``kind`` constant of a block class (its index in :data:`BLOCK_KINDS`)."""
     return BLOCK_KINDS.index(block_cls)
+
+
+# the eigen variant of the Kronecker block is chosen by inverse_method="eigh", not by a layer
+BLOCK_KINDS.append(EigenKroneckerBlock)

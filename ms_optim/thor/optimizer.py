@@ -49,6 +49,9 @@ def _validate_schedule(value, arg_name):
     return arr.astype(np.float32).reshape(-1)
 
 
+#: the values of inverse_method
+INVERSE_METHODS = ("cholesky", "eigh")
+
 #: default bounds of the adaptive damping multiplier
 DAMPING_SCALE_BOUNDS = (1e-3, 1e3)
 
@@ -114,7 +117,8 @@ class ThorOptimizer(nn.Optimizer):
     def __init__(self, net, params, learning_rate, damping, momentum, weight_decay, loss_scale,
                  batch_size, use_nesterov, decay_filter, split_indices, enable_clip_grad,
                  frequency, backend, distribute_inversion, kl_clip=None, factor_decay=None,
-                 factor_frequency=None, adaptive_damping=None, damping_scale_bounds=None):
+                 factor_frequency=None, adaptive_damping=None, damping_scale_bounds=None,
+                 inverse_method="cholesky"):
         super().__init__(learning_rate, params, 0.0, loss_scale)
         self.thor = True
         #: compile-time flag of a factor step (set by ThorTrainOneStepCell)
@@ -155,8 +159,12 @@ class ThorOptimizer(nn.Optimizer):
         pid = {id(p): i for i, p in enumerate(self._parameters)}
         layers, widx = [], []
         ln_idx = set()
+        #: "cholesky" or "eigh" (the built-in Kronecker blocks become EigenKroneckerBlock)
+        self.inverse_method = inverse_method
         for _, cell in net.cells_and_names():
             block_cls = blocks.block_class_for(cell)
+            if block_cls is blocks.KroneckerBlock and inverse_method == "eigh":
+                block_cls = blocks.EigenKroneckerBlock
             if block_cls is not None:
                 block = block_cls(cell)
                 if id(block.weight) in pid:
@@ -204,7 +212,7 @@ class ThorOptimizer(nn.Optimizer):
             a0, g0 = block.initial_inverses()
             a_inv.append(Parameter(Tensor(a0), name=f"thor_a_inv.{wname}", requires_grad=False))
             g_inv.append(Parameter(Tensor(g0), name=f"thor_g_inv.{wname}", requires_grad=False))
-            t_keep.append(Parameter(Tensor(1.0, ms.float32), name=f"thor_t.{wname}",
+            t_keep.append(Parameter(Tensor(block.initial_kept()), name=f"thor_t.{wname}",
                                     requires_grad=False))
         dims = tuple(b.dims() for b in layers)
         self.a_inv = ParameterTuple(a_inv)
@@ -318,7 +326,7 @@ class ThorOptimizer(nn.Optimizer):
         stat_a, stat_g = self._factors(gradients, finite)
         bufs = self.hyper_map(ops.partial(self._invert_fn, lam), self._layer_kind, self._dims_a,
                               self._dims_g, self.dp.owns_tuple(), stat_a, stat_g, self.stat_t,
-                              self.a_inv, self.g_inv)
+                              self.a_inv, self.g_inv, self.t_keep)
         bufs = self.dp.share_inverses(_flatten(bufs))
         bad = self.hyper_map(ops.partial(_commit_inverses, finite), bufs[0::4], bufs[1::4], bufs[2::4], bufs[3::4],
                              self.a_inv, self.g_inv, self.t_keep)
@@ -476,19 +484,19 @@ def _make_invert_fn(spd_block_inverse):
     fn = ops.MultitypeFuncGraph("thor_invert_layer")
 
     @fn.register("Tensor", "Number", "Number", "Number", "Bool", "Tensor", "Tensor", "Tensor",
-                 "Tensor", "Tensor")
-    def _invert_layer(lam, kind, d_a, d_g, owns, a, g, stat_t, a_old, g_old):
+                 "Tensor", "Tensor", "Tensor")
+    def _invert_layer(lam, kind, d_a, d_g, owns, a, g, stat_t, a_old, g_old, t_old):
         if owns:
             t = ops.depend(stat_t, a)
             a_new, g_new, okf = _BLOCK_KINDS[kind].invert(spd_block_inverse, lam, d_a, d_g, a, g, t)
-            tk = ops.depend(stat_t, a) * okf
+            tk = _BLOCK_KINDS[kind].kept(lam, ops.depend(stat_t, a)) * okf
         else:
             # not constants: the sharing all-reduce must not be scheduled before the
             # statistics all-reduces (see the collective order in ms_optim.thor._parallel)
             a_new = ops.depend(ops.zeros(a_old.shape, ms.float32), a)
             g_new = ops.depend(ops.zeros(g_old.shape, ms.float32), a)
             okf = ops.depend(ops.zeros((), ms.float32), a)
-            tk = ops.depend(ops.zeros((), ms.float32), a)
+            tk = ops.depend(ops.zeros(t_old.shape, ms.float32), a)
         return a_new, g_new, okf, tk
     return fn
 
@@ -642,7 +650,7 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
          use_nesterov=False, decay_filter=lambda x: x.name not in [], split_indices=None,
          enable_clip_grad=False, frequency=100, *, backend="auto", distribute_inversion=False,
          thor_filter=None, verbose=False, kl_clip=None, factor_decay=None, factor_frequency=None,
-         adaptive_damping=None, damping_scale_bounds=None):
+         adaptive_damping=None, damping_scale_bounds=None, inverse_method="cholesky"):
     r"""THOR, a Kronecker-factored natural-gradient optimizer (Chen et al., AAAI 2021).
 
     Paper: https://ojs.aaai.org/index.php/AAAI/article/view/16867. Converts ``net`` in place
@@ -918,6 +926,10 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                              f"divisor of 'frequency' ({frequency}), but got {factor_frequency}.")
     adaptive_damping, damping_scale_bounds = _validate_adaptive_damping(adaptive_damping,
                                                                         damping_scale_bounds)
+    check_type(_NAME, "inverse_method", inverse_method, str, "str")
+    if inverse_method not in INVERSE_METHODS:
+        raise ValueError(f"For '{_NAME}', the argument 'inverse_method' must be one of "
+                         f"{list(INVERSE_METHODS)}, but got {inverse_method!r}.")
     resolved = _backend.resolve_backend(backend, _kernels.ASCEND_PRIMITIVES, _NAME)
     if not net.trainable_params():
         raise ValueError(f"For '{_NAME}', the argument 'net' must have trainable parameters.")
@@ -950,4 +962,4 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
                          split_indices, enable_clip_grad, frequency, resolved, distribute_inversion,
                          kl_clip=kl_clip, factor_decay=factor_decay,
                          factor_frequency=factor_frequency, adaptive_damping=adaptive_damping,
-                         damping_scale_bounds=damping_scale_bounds)
+                         damping_scale_bounds=damping_scale_bounds, inverse_method=inverse_method)

@@ -54,10 +54,12 @@ CONFIGS = {
     "thor_dist1": dict(kind="thor", net="conv", steps=7, lr=0.05, damping=0.03, frequency=3,
                        split_indices=None, distribute_inversion=True),
     # the keyword-only controls (KL clip, running means of the factors collected at every step
-    # and inverted every 3rd, Levenberg-Marquardt damping) with the inversion split
+    # and inverted every 3rd, Levenberg-Marquardt damping, eigen-decompositions) with the
+    # inversion split
     "thor_ctrl": dict(kind="thor", net="conv", steps=7, lr=0.05, damping=0.03, frequency=3,
                       split_indices=[0], distribute_inversion=True, kl_clip=1e-4,
-                      factor_decay=0.8, factor_frequency=1, adaptive_damping=0.5),
+                      factor_decay=0.8, factor_frequency=1, adaptive_damping=0.5,
+                      inverse_method="eigh"),
     # THOR with a LayerNorm (its rule uses the batch size N)
     "thor_ln": dict(kind="thor", net="conv_ln", steps=4, lr=0.05, damping=0.03, frequency=3,
                     split_indices=None, distribute_inversion=False),
@@ -137,7 +139,8 @@ def build(cfg, net, steps):
                         distribute_inversion=cfg["distribute_inversion"],
                         kl_clip=cfg.get("kl_clip"), factor_decay=cfg.get("factor_decay"),
                         factor_frequency=cfg.get("factor_frequency"),
-                        adaptive_damping=cfg.get("adaptive_damping"))
+                        adaptive_damping=cfg.get("adaptive_damping"),
+                        inverse_method=cfg.get("inverse_method", "cholesky"))
     model = Model(net, loss_fn=loss_fn, optimizer=opt)
     model = ms_optim.ConvertModelUtils.convert_to_thor_model(model, network=net, loss_fn=loss_fn,
                                                              optimizer=opt)

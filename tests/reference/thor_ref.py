@@ -176,6 +176,16 @@ def precondition(g_inv, grad, a_inv, t):
     return ((g_inv @ g2 @ a_inv) / t).reshape(shape)
 
 
+def eigen_precondition(eig_g, grad, eig_a, t, lam):
+    """Q_G [(Q_G^T dW Q_A) / (T e_G e_A^T + lambda)] Q_A^T on the matrix view (eig_*: np.linalg.eigh
+    results (e, Q) of the block-diagonal factors)."""
+    (e_g, q_g), (e_a, q_a) = eig_g, eig_a
+    shape = grad.shape
+    g2 = grad.reshape(shape[0], -1)
+    x = (q_g.T @ g2 @ q_a) / (t * np.outer(e_g, e_a) + lam)
+    return (q_g @ x @ q_a.T).reshape(shape)
+
+
 def layernorm_rule(g, n, lam):
     return g / (g * g / n + np.sqrt(lam))
 
@@ -183,7 +193,7 @@ def layernorm_rule(g, n, lam):
 def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0,
              nesterov=False, decay_all=True, start_step=0, kl_clip=None, factor_decay=None,
              factor_frequency=None, adaptive_damping=None, scale_bounds=(1e-3, 1e3),
-             trace=None):
+             trace=None, inverse_method="cholesky"):
     """Run THOR for len(batches) steps; returns (layers, losses). Mutates copies only.
 
     ``lr`` and ``damping`` are per-step arrays (indexed by the global step, clamped at the end).
@@ -198,6 +208,9 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
     block-diagonal Kronecker curvature T (A_bd + delta I) (x) (G_bd + delta I) of the weights
     (identity for biases); s *= omega if rho > 3/4, s /= omega if rho < 1/4, clipped to
     ``scale_bounds``. ``trace`` (a list): gets (step, rho, s) after each adaptation.
+    ``inverse_method="eigh"``: the weights' direction is the exact inverse of
+    T A_bd (x) G_bd + lambda I applied to the gradient (np.linalg.eigh of the block-diagonal
+    factors), and its curvature in the LM model is T <D, G_bd D A_bd> + lambda <D, D>.
     """
     collect = factor_frequency or frequency
     history = {}
@@ -234,7 +247,12 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                     pairs = [(sum(wj * hj[q][0] for wj, hj in zip(wts, history[li])) / sum(wts),
                               sum(wj * hj[q][1] for wj, hj in zip(wts, history[li])) / sum(wts))
                              for q in range(groups)]
-            if step % frequency == 0:
+            if step % frequency == 0 and inverse_method == "eigh":
+                inv[li] = ([(np.linalg.eigh(block_diag_part(a)), np.linalg.eigh(block_diag_part(g)))
+                            for a, g in pairs], (t, lam))
+                curvature[li] = ([(block_diag_part(a), block_diag_part(g)) for a, g in pairs],
+                                 (t, lam))
+            elif step % frequency == 0:
                 delta = np.sqrt(lam / t)
                 inv[li] = ([(block_diag_inverse(a, delta), block_diag_inverse(g, delta))
                             for a, g in pairs], t)
@@ -245,8 +263,13 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
             eye = [(np.eye(w2.shape[1]), np.eye(rows))] * groups
             pair_inv, t = inv.get(li, (eye, 1))
             gw2 = gw.reshape(w2.shape)
-            pw = np.concatenate([precondition(g_inv, gw2[j * rows:(j + 1) * rows], a_inv, t)
-                                 for j, (a_inv, g_inv) in enumerate(pair_inv)], 0)
+            if isinstance(t, tuple):  # eigh: ((e_A, Q_A), (e_G, Q_G)) per group, (T, lambda)
+                pw = np.concatenate([eigen_precondition(eg_qg, gw2[j * rows:(j + 1) * rows],
+                                                        ea_qa, *t)
+                                     for j, (ea_qa, eg_qg) in enumerate(pair_inv)], 0)
+            else:
+                pw = np.concatenate([precondition(g_inv, gw2[j * rows:(j + 1) * rows], a_inv, t)
+                                     for j, (a_inv, g_inv) in enumerate(pair_inv)], 0)
             updates[li] = {"w": pw.reshape(gw.shape)}
             if gb is not None:
                 updates[li]["b"] = gb
@@ -276,7 +299,10 @@ def run_thor(layers, batches, lr, damping, momentum, frequency, weight_decay=0.0
                 rows = d2.shape[0] // len(pairs)
                 for j, (a_d, g_d) in enumerate(pairs):
                     dj = d2[j * rows:(j + 1) * rows]
-                    curv += t * np.sum(dj * (g_d @ dj @ a_d))
+                    if isinstance(t, tuple):
+                        curv += t[0] * np.sum(dj * (g_d @ dj @ a_d)) + t[1] * np.sum(dj * dj)
+                    else:
+                        curv += t * np.sum(dj * (g_d @ dj @ a_d))
                 if gb is not None:
                     db = layers[li]["b"] - old[li]["b"]
                     inner += np.sum(gb * db)
