@@ -332,7 +332,6 @@ def _kron_block_product(left, x, right, groups):
     r""":math:`L_{bd}\,X\,R_{bd}` per group, for ``(g n_L, s_L, s_L)`` / ``(g n_R, s_R, s_R)``
     diagonal blocks and :math:`X` of shape ``(g d_out, d_in)`` (zero-padded to whole blocks)."""
     rows, d_in = x.shape
-    d_out = rows // groups
     xp = _pad_to_blocks(x, groups, left.shape[0] // groups * left.shape[1],
                         right.shape[0] // groups * right.shape[1])
     return _crop_from_blocks(_padded_block_product(left, xp, right, groups), rows, d_in)
