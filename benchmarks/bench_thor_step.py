@@ -20,7 +20,8 @@ i.e. several diagonal blocks). No timing is asserted anywhere; these are numbers
 compile on CPU), written to ``outputs/bench/thor_step_resnet50.json``; ``--image 224`` gives the
 recipe's image size (``--batch 8`` fits in 24 GB; 16 does not). The first-call time of
 every graph (compilation plus one step) is printed too. Leaves out: data loading, dataset sink
-mode (see ``bench_thor_sink.py``). Both optimizers run with learning rate 0 (:data:`LR`): the
+mode (see ``bench_thor_sink.py``). ``--inverse-method eigh``: THOR with eigen-decompositions
+(``*_eigh.json``). Both optimizers run with learning rate 0 (:data:`LR`): the
 same kernels, and random data cannot diverge. Writes ``outputs/bench/thor_step.json``.
 """
 import argparse
@@ -95,11 +96,12 @@ def thor_state_bytes(opt):
             "factor_averages": _nbytes(averages)}
 
 
-def _thor_step(width, batch, frequency):
+def _thor_step(width, batch, frequency, inverse_method="cholesky"):
     ms.set_seed(0)
     net = _net(width)
     opt = ms_optim.thor(net, Tensor(LR, ms.float32), Tensor(0.03, ms.float32), 0.9,
-                        weight_decay=1e-4, batch_size=batch, frequency=frequency)
+                        weight_decay=1e-4, batch_size=batch, frequency=frequency,
+                        inverse_method=inverse_method)
     train = ms_optim.ThorTrainOneStepCell(nn.WithLossCell(net, _loss()), opt)
     x, y = _data(batch)
     for i in range(frequency + 1):
@@ -155,6 +157,8 @@ def main():
                          "parameter tensors; its THOR graphs take minutes to compile on CPU)")
     ap.add_argument("--image", type=int, default=None, help="image side (cnn 16, resnet50 32)")
     ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--inverse-method", choices=("cholesky", "eigh"), default="cholesky",
+                    help="THOR's inverse_method (eigh: results go to *_eigh.json)")
     args = ap.parse_args()
     _NET.update(name=args.net, image=args.image or (32 if args.net == "resnet50" else 16),
                 classes=args.classes)
@@ -171,8 +175,10 @@ def main():
     if args.full_stats:
         _full_stats_patch()  # for the whole process: graphs must not see the patch change
         label = "THOR full A/G"
+    if args.inverse_method != "cholesky":
+        label += f" {args.inverse_method}"
     step_m, n_params = _momentum_step(args.width, args.batch)
-    step_t, opt = _thor_step(args.width, args.batch, args.frequency)
+    step_t, opt = _thor_step(args.width, args.batch, args.frequency, args.inverse_method)
 
     t_m, t_t = [], {True: [], False: []}
     for _ in range(args.steps):  # interleaved: load changes hit both alike
@@ -211,9 +217,12 @@ def main():
     state = thor_state_bytes(opt)
     print("THOR state (MiB, from the shapes): " + ", ".join(
         f"{k} {v / 2**20:.2f}" for k, v in state.items()) + f"; peak RSS {peak_rss_mb():.0f} MiB")
-    write_json("thor_step" if args.net == "cnn" else f"thor_step_{args.net}", {
+    name = "thor_step" if args.net == "cnn" else f"thor_step_{args.net}"
+    if args.inverse_method != "cholesky":
+        name += f"_{args.inverse_method}"
+    write_json(name, {
         "net": args.net, "image": _NET["image"], **{k: round(v, 2) for k, v in COMPILE.items()},
-        "benchmark": "thor_step", "label": label, "quick": args.quick, "steps": args.steps,
+        "benchmark": "thor_step", "label": label, "inverse_method": args.inverse_method, "quick": args.quick, "steps": args.steps,
         "frequency": args.frequency, "width": args.width, "batch": args.batch, "params": n_params,
         "momentum_ms": round(med_m * 1e3, 2),
         "refresh_ms": round(med[True] * 1e3, 2), "stale_ms": round(med[False] * 1e3, 2),

@@ -8,6 +8,10 @@ The formulas themselves are the pure functions of :mod:`ms_optim.ops.kfac`.
 * :class:`KroneckerBlock` (``DenseThor``, ``Conv2dThor``, grouped convolutions per group):
   :math:`\tilde g = \frac{1}{T}\hat G^{-1}_{bd}\nabla W \hat A^{-1}_{bd}` with 128-block inverses
   of :math:`A + \delta I`, :math:`G + \delta I`, :math:`\delta = \sqrt{\lambda/T}`.
+* :class:`EigenKroneckerBlock` (``DenseThor``, ``Conv2dThor`` with ``inverse_method="eigh"``):
+  :math:`\tilde g = Q_G[(Q_G^\top \nabla W Q_A) \oslash (T e_G e_A^\top + \lambda)]Q_A^\top`, the
+  exact inverse of :math:`T A_{bd} \otimes G_{bd} + \lambda I` from the blocks'
+  eigen-decompositions.
 * :class:`EmbeddingBlock` (``EmbeddingThor``, ``EmbeddingLookupThor``): diagonal :math:`A`
   (token frequencies), full :math:`G`, :math:`\delta = \sqrt{\lambda}`.
 * The LayerNorm rule needs no statistics and no inverse: it is a per-parameter rule

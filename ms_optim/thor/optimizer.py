@@ -688,6 +688,21 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
     :math:`\sqrt{\lambda}` between the two factors (factored Tikhonov damping), which is what
     ``mindspore.nn.thor`` computes.
 
+    Eigen-decompositions (``inverse_method="eigh"``, KAISA's eigen method): a refresh
+    decomposes the diagonal 128-blocks, :math:`A_{bd} = Q_A \operatorname{diag}(e_A) Q_A^\top`,
+    :math:`G_{bd} = Q_G \operatorname{diag}(e_G) Q_G^\top`
+    (:func:`ms_optim.ops.kfac.eigen_of_blocks`), and the Dense/Conv2d rule becomes the exact
+    inverse of :math:`T\,A_{bd} \otimes G_{bd} + \lambda_t I` (the damping on the eigenvalues
+    instead of split between the factors),
+
+    .. math::
+
+        \tilde g = Q_G \Big[\big(Q_G^\top\,\nabla W\,Q_A\big) \oslash
+        \big(T\, e_G e_A^\top + \lambda_t\big)\Big] Q_A^\top
+
+    (:func:`ms_optim.ops.kfac.kron_eigen_precondition`; :math:`\oslash`: element-wise division;
+    per group for grouped convolutions); the embedding and LayerNorm rules are unchanged.
+
     Adaptive damping (``adaptive_damping`` :math:`\omega`; Martens & Grosse 2015, section 6.5):
     the multiplier :math:`s` (Parameter ``thor_damping_scale``, checkpointed, starts at 1) of
     every damping above is adapted after each refresh step :math:`t` from the step
@@ -816,6 +831,10 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         damping_scale_bounds (tuple[float]): keyword-only; :math:`(s_{\min}, s_{\max})` with
             :math:`0 < s_{\min} \le 1 \le s_{\max}`, needs `adaptive_damping`. Default:
             ``None`` (:math:`(10^{-3}, 10^{3})`).
+        inverse_method (str): keyword-only; ``"cholesky"`` (the damped factors inverted by
+            Cholesky, as upstream) or ``"eigh"`` (see "Eigen-decompositions" above; the stored
+            ``thor_a_inv.*`` / ``thor_g_inv.*`` then hold :math:`[Q \mid e]` per block and
+            ``thor_t.*`` holds :math:`(T, \lambda_t)` of the refresh). Default: ``"cholesky"``.
 
     Inputs:
         - **gradients** (tuple[Tensor]) - gradients of ``net.trainable_params()``.
@@ -847,6 +866,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
             without it or does not satisfy :math:`0 < s_{\min} \le 1 \le s_{\max} < \infty`.
         TypeError: If `adaptive_damping` is given and a layer's curvature block has no
             :meth:`~ms_optim.thor.blocks.CurvatureBlock.curvature`.
+        TypeError: If `inverse_method` is not a str.
+        ValueError: If `inverse_method` is neither ``"cholesky"`` nor ``"eigh"``.
         ValueError: If `weight_decay` or `momentum` < 0.
         ValueError: If `frequency` < 2.
         ValueError: If `batch_size` <= 0.
