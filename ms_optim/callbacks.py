@@ -75,7 +75,10 @@ class OptimizerMonitor(Callback):
       layer, ``layer_damping`` (the :math:`\delta` added to its factors: :math:`\sqrt{\lambda_t / T}`
       for Dense/Conv2d, :math:`\sqrt{\lambda_t}` for embeddings) and ``condition`` (the larger
       condition number of its two damped factors, :func:`ms_optim.callbacks.factor_condition`,
-      computed on the host from the stored inverses); with `adaptive_damping`, ``damping`` is
+      computed on the host from the stored inverses; with ``inverse_method="eigh"``
+      :math:`(T \max e_G \max e_A + \lambda_t) / (T \min e_G \min e_A + \lambda_t)` from the
+      stored eigenvalues, and ``layer_damping`` is :math:`\sqrt{\lambda_t / T}` there too, the
+      square root of what is added to :math:`e_G e_A`); with `adaptive_damping`, ``damping`` is
       the damping in effect, :math:`s\lambda_t`, ``damping_scale`` the multiplier :math:`s` the
       step used and, on refresh steps, ``lm_rho`` the reduction ratio :math:`\rho` measured
       after the step (from which the next :math:`s` follows);

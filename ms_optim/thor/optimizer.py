@@ -191,14 +191,16 @@ class ThorOptimizer(nn.Optimizer):
         #: Levenberg-Marquardt damping (adaptive_damping): omega (None: off) and the bounds of
         #: the multiplier s; s (checkpointed), the last reduction ratio rho, and the quadratic
         #: model change of the last refresh step (0 once ThorTrainOneStepCell has consumed it)
+        #: (only with adaptive_damping: checkpoints of other runs keep their keys)
         self.adaptive_damping = adaptive_damping
         self.damping_scale_bounds = damping_scale_bounds
-        self.thor_damping_scale = Parameter(Tensor(1.0, ms.float32), name="thor_damping_scale",
-                                            requires_grad=False)
-        self.thor_lm_rho = Parameter(Tensor(float("nan"), ms.float32), name="thor_lm_rho",
-                                     requires_grad=False)
-        self.thor_lm_model = Parameter(Tensor(0.0, ms.float32), name="thor_lm_model",
-                                       requires_grad=False)
+        if adaptive_damping is not None:
+            self.thor_damping_scale = Parameter(Tensor(1.0, ms.float32),
+                                                name="thor_damping_scale", requires_grad=False)
+            self.thor_lm_rho = Parameter(Tensor(float("nan"), ms.float32), name="thor_lm_rho",
+                                         requires_grad=False)
+            self.thor_lm_model = Parameter(Tensor(0.0, ms.float32), name="thor_lm_model",
+                                           requires_grad=False)
         # The layers' statistics, held unregistered (plain tuples) like in the layers: not in
         # parameters_and_names(), hence not checkpointed (the next refresh recomputes them).
         object.__setattr__(self, "stat_a", tuple(b.cell.matrix_a for b in layers))
