@@ -186,7 +186,8 @@ def test_extra_forward_changes_nothing_but_the_multiplier(mode):
         rhos = []
         for x, y in data:
             step(x, y)
-            rhos.append(float(opt.thor_lm_rho.asnumpy()))
+            if kw:
+                rhos.append(float(opt.thor_lm_rho.asnumpy()))
         return {p.name: p.asnumpy() for p in net.get_parameters()}, rhos
 
     plain, _ = run()
@@ -310,3 +311,14 @@ def test_block_without_curvature_is_refused_before_conversion():
     assert type(net[0]) is LmDense and type(net[1]) is nn.Dense  # untouched
     opt = thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9)  # fine without it
     assert [type(b).__name__ for b in opt.blocks] == ["NoCurvature", "KroneckerBlock"]
+
+
+def test_default_optimizer_has_no_adaptation_state():
+    """Without adaptive_damping the optimizer carries no LM Parameters (checkpoint keys as
+    before) and the train cell no adaptation graph."""
+    net = nn.SequentialCell([nn.Dense(3, 2)])
+    opt = thor(net, Tensor(0.1, ms.float32), Tensor(0.1, ms.float32), 0.9)
+    names = {p.name for p in opt.get_parameters()}
+    assert not {n for n in names if "lm_" in n or "damping_scale" in n}
+    step = ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
+    assert step.damping_adaptation is None
