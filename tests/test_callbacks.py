@@ -97,18 +97,8 @@ def test_refresh_rows_layer_damping_and_condition(tmp_path):
     the two damped factors, against float64 NumPy on the layer's statistics (grouped conv,
     depthwise conv, a Dense whose 504-wide A has a padded last block)."""
     rng = np.random.default_rng(3)
-    spec = H.grouped_conv_spec(rng)
-    net = H.build_net(spec)
     lam = 4.0  # the Dense's delta = 2 > 1: counting the identity padding would change its kappa
-    opt = ms_optim.thor(net, Tensor(0.01, ms.float32), Tensor(lam, ms.float32), 0.9, frequency=2)
-    loss = H.loss_fn()
-    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
-                                                             loss, opt)
-    x = rng.standard_normal((6, 4, 7, 6)).astype(np.float32)
-    y = rng.integers(0, 4, 6).astype(np.int32)
-    data = ms.dataset.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(3)
-    mon = ms_optim.OptimizerMonitor(str(tmp_path / "m.jsonl"), opt)
-    model.train(1, data, callbacks=[mon], dataset_sink_mode=False)
+    net, mon = H.monitored_grouped_run(rng, tmp_path / "m.jsonl", lam, 6)
     rows = mon.rows
     assert [r["refresh"] for r in rows] == [True, False] and "condition" not in rows[1]
     layers = [net[0], net[2], net[5]]

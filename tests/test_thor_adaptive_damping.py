@@ -234,36 +234,6 @@ def test_adaptive_damping_through_a_loss_scale_cell(mode):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
 
 
-def test_multiplier_is_checkpointed_and_resume_is_exact(tmp_path):
-    rng = np.random.default_rng(5)
-    spec = H.mlp_spec(rng)
-    data = H.batches(rng, 7, 8, (6,))
-
-    def build():
-        net = H.build_net(spec)
-        opt = thor(net, Tensor(np.float32(0.2)), Tensor(np.float32(0.1)), 0.9, frequency=2,
-                   adaptive_damping=0.5)
-        return net, opt, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
-
-    net, opt, step = build()
-    for x, y in data:
-        step(*H.to_ms(x, y))
-    _, opt2, step2 = build()
-    for x, y in data[:3]:
-        step2(*H.to_ms(x, y))
-    assert float(opt2.thor_damping_scale.asnumpy()) != 1.0
-    ckpt = str(tmp_path / "lm.ckpt")
-    ms.save_checkpoint(step2, ckpt)
-    net3, opt3, step3 = build()
-    ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
-    assert float(opt3.thor_damping_scale.asnumpy()) == float(opt2.thor_damping_scale.asnumpy())
-    for x, y in data[3:]:
-        step3(*H.to_ms(x, y))
-    for a, b in zip(net.trainable_params(), net3.trainable_params()):
-        np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
-    assert float(opt3.thor_damping_scale.asnumpy()) == float(opt.thor_damping_scale.asnumpy())
-
-
 @pytest.mark.parametrize("kwargs,err,match", [
     (dict(adaptive_damping="0.5"), TypeError, "'adaptive_damping'"),
     (dict(adaptive_damping=True), TypeError, "'adaptive_damping'"),

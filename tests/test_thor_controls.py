@@ -130,13 +130,19 @@ def test_factor_decay_training_matches_float64(mode, kind):
     assert float(opt.thor_factor_weight[0].asnumpy()) == pytest.approx(1 - beta ** 3, rel=1e-6)
 
 
-@pytest.mark.parametrize("kwargs,steps,saved", [
-    (dict(frequency=2, factor_decay=0.7), 6, 4),
+@pytest.mark.parametrize("kwargs,steps,saved,state", [
+    (dict(frequency=2, factor_decay=0.7), 6, 4, "thor_avg_a."),
     # factor_frequency: saved mid-period, after a factor step
-    (dict(frequency=4, factor_decay=0.7, factor_frequency=2), 9, 5)])
-def test_running_means_are_checkpointed_and_resume_is_exact(tmp_path, kwargs, steps, saved):
-    """The running means (and global_step) are in the checkpoint: `saved` steps, save, load into
-    a fresh run, the remaining steps == the uninterrupted run, bit for bit."""
+    (dict(frequency=4, factor_decay=0.7, factor_frequency=2), 9, 5, "thor_avg_a."),
+    # the damping multiplier after two adaptations
+    (dict(frequency=2, adaptive_damping=0.5), 7, 3, "thor_damping_scale"),
+    # eigen-decompositions and their (T, lambda)
+    (dict(frequency=2, inverse_method="eigh"), 6, 3, "thor_t.")])
+def test_control_state_is_checkpointed_and_resume_is_exact(tmp_path, kwargs, steps, saved,
+                                                           state):
+    """The controls' state (`state`: running means, damping multiplier, eigen-decompositions)
+    and global_step are in the checkpoint: `saved` steps, save, load into a fresh run, the
+    remaining steps == the uninterrupted run, bit for bit."""
     import thor_helpers as H
     from ms_optim import ThorTrainOneStepCell, thor
     rng = np.random.default_rng(5)
@@ -151,15 +157,20 @@ def test_running_means_are_checkpointed_and_resume_is_exact(tmp_path, kwargs, st
     net, _, step = build()
     for x, y in data:
         step(*H.to_ms(x, y))
-    _, _, step2 = build()
+    _, opt2, step2 = build()
+    initial = {p.name: p.asnumpy().copy() for p in opt2.get_parameters() if p.name.startswith(state)}
     for x, y in data[:saved]:
         step2(*H.to_ms(x, y))
-    names = {p.name for p in step2.get_parameters()}
-    assert any(n.startswith("thor_avg_a.") for n in names)
-    ckpt = str(tmp_path / "fd.ckpt")
+    changed = [n for n, v in initial.items()
+               if not np.array_equal(v, dict(opt2.parameters_and_names())[n].asnumpy())]
+    assert initial and changed, f"no {state}* state was written: the test would test nothing"
+    ckpt = str(tmp_path / "ctrl.ckpt")
     ms.save_checkpoint(step2, ckpt)
-    net3, _, step3 = build()
+    net3, opt3, step3 = build()
     ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
+    for name in changed:
+        np.testing.assert_array_equal(dict(opt3.parameters_and_names())[name].asnumpy(),
+                                      dict(opt2.parameters_and_names())[name].asnumpy())
     for x, y in data[saved:]:
         step3(*H.to_ms(x, y))
     for a, b in zip(net.trainable_params(), net3.trainable_params()):

@@ -123,33 +123,6 @@ def test_eigh_fault_guard_keeps_the_last_good_decomposition():
     assert all(np.all(np.isfinite(p.asnumpy())) for p in net.trainable_params())
 
 
-def test_eigh_checkpoint_resume_is_exact(tmp_path):
-    rng = np.random.default_rng(5)
-    spec = H.mlp_spec(rng)
-    data = H.batches(rng, 6, 8, (6,))
-
-    def build():
-        net = H.build_net(spec)
-        opt = thor(net, Tensor(np.float32(0.1)), Tensor(np.float32(0.1)), 0.9, frequency=2,
-                   inverse_method="eigh")
-        return net, ThorTrainOneStepCell(nn.WithLossCell(net, H.loss_fn()), opt)
-
-    net, step = build()
-    for x, y in data:
-        step(*H.to_ms(x, y))
-    _, step2 = build()
-    for x, y in data[:3]:
-        step2(*H.to_ms(x, y))
-    ckpt = str(tmp_path / "eigh.ckpt")
-    ms.save_checkpoint(step2, ckpt)
-    net3, step3 = build()
-    ms.load_param_into_net(step3, ms.load_checkpoint(ckpt))
-    for x, y in data[3:]:
-        step3(*H.to_ms(x, y))
-    for a, b in zip(net.trainable_params(), net3.trainable_params()):
-        np.testing.assert_array_equal(b.asnumpy(), a.asnumpy(), err_msg=a.name)
-
-
 @pytest.mark.parametrize("bad,err", [(1, TypeError), (None, TypeError), ("Cholesky", ValueError),
                                      ("eig", ValueError)])
 def test_inverse_method_validation(bad, err):
@@ -163,20 +136,9 @@ def test_monitor_condition_of_the_eigen_rule(tmp_path):
     """OptimizerMonitor on a refresh step with inverse_method="eigh": per layer
     (T max e_G max e_A + lambda) / (T min e_G min e_A + lambda) from float64 eigenvalues of the
     layer's statistics (padding left out: the 504-wide Dense has a padded last block)."""
-    import ms_optim
     rng = np.random.default_rng(3)
-    net = H.build_net(H.grouped_conv_spec(rng))
     lam = 0.5
-    opt = thor(net, Tensor(0.01, ms.float32), Tensor(lam, ms.float32), 0.9, frequency=2,
-               inverse_method="eigh")
-    loss = H.loss_fn()
-    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
-                                                             loss, opt)
-    x = rng.standard_normal((3, 4, 7, 6)).astype(np.float32)
-    y = rng.integers(0, 4, 3).astype(np.int32)
-    data = ms.dataset.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(3)
-    mon = ms_optim.OptimizerMonitor(str(tmp_path / "m.jsonl"), opt)
-    model.train(1, data, callbacks=[mon], dataset_sink_mode=False)
+    net, mon = H.monitored_grouped_run(rng, tmp_path / "m.jsonl", lam, 3, inverse_method="eigh")
     row = mon.rows[0]
     assert row["refresh"]
     for k, layer in enumerate([net[0], net[2], net[5]]):

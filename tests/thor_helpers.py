@@ -133,3 +133,22 @@ class LossRecorder(ms.train.Callback):
     def on_train_step_end(self, run_context):
         out = run_context.original_args().net_outputs
         self.losses.append(float((out[0] if isinstance(out, tuple) else out).asnumpy()))
+
+
+def monitored_grouped_run(rng, path, lam, samples, **thor_kw):
+    """The grouped/depthwise conv net of :func:`grouped_conv_spec` trained by ``Model`` through
+    ``ConvertModelUtils`` (batches of 3, ``frequency=2``, lr 0.01, damping `lam`) with an
+    ``OptimizerMonitor`` writing to `path`; returns ``(net, monitor)``."""
+    import ms_optim
+    net = build_net(grouped_conv_spec(rng))
+    opt = ms_optim.thor(net, Tensor(0.01, ms.float32), Tensor(lam, ms.float32), 0.9,
+                        frequency=2, **thor_kw)
+    loss = loss_fn()
+    model = ms_optim.ConvertModelUtils.convert_to_thor_model(ms.train.Model(net, loss, opt), net,
+                                                             loss, opt)
+    x = rng.standard_normal((samples, 4, 7, 6)).astype(np.float32)
+    y = rng.integers(0, 4, samples).astype(np.int32)
+    data = ms.dataset.NumpySlicesDataset({"x": x, "y": y}, shuffle=False).batch(3)
+    mon = ms_optim.OptimizerMonitor(str(path), opt)
+    model.train(1, data, callbacks=[mon], dataset_sink_mode=False)
+    return net, mon
