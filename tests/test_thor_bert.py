@@ -177,13 +177,14 @@ def ms_key(name):
     return layer + "." + {"weight": "w", "bias": "b", "gamma": "g", "beta": "b"}[attr]
 
 
-def build(params, loss_scale=1.0, weight_decay=0.0, clip=False, dynamic=None, lr=LR, damp=DAMP):
+def build(params, loss_scale=1.0, weight_decay=0.0, clip=False, dynamic=None, lr=LR, damp=DAMP,
+          **thor_kw):
     net_with_loss = TinyBertLoss()
     for prm in net_with_loss.trainable_params():
         prm.set_data(Tensor(params[ms_key(prm.name)].astype(np.float32)))
     opt = thor(net_with_loss, Tensor(lr), Tensor(damp), 0.9, weight_decay, loss_scale, B,
                decay_filter=_decay_filter, split_indices=[1, 3], enable_clip_grad=clip,
-               frequency=FREQ)
+               frequency=FREQ, **thor_kw)
     if dynamic is None:
         cell = BertLikeTrainOneStepCell(net_with_loss, optimizer=opt, sens=loss_scale)
     else:
@@ -227,6 +228,34 @@ def test_bert_pattern_matches_float64_reference(mode):
         np.testing.assert_allclose(value, ref[key], rtol=RTOL, atol=1e-5, err_msg=key)
     assert int(opt.global_step.asnumpy()[0]) == 3
     assert not opt.thor_fault_count.asnumpy().any()
+
+
+def test_adaptive_damping_on_the_bert_pattern_matches_float64(mode):
+    """adaptive_damping through the user's train cell (ThorWrapTrainCell, static loss scale 8):
+    the quadratic model covers the embedding, Dense, LayerNorm and bias rules, the extra forward
+    runs the user cell's loss network; losses, weights, rho and the multiplier after each of the
+    refreshes at 0, 2, 4 equal the float64 reference, and the multiplier moved."""
+    params = init_params()
+    data = make_batches(5)
+    net, opt, _, model = build(params, loss_scale=8.0, weight_decay=1e-2, adaptive_damping=0.5)
+    driver = model._train_network
+    losses, trace = [], []
+    for step, batch in enumerate(data):
+        losses.append(float(driver(*to_ms(batch)).asnumpy()))
+        if step % FREQ == 0:
+            trace.append((float(opt.thor_lm_rho.asnumpy()), float(opt.thor_damping_scale.asnumpy())))
+    ref_trace = []
+    ref, ref_losses = thor_ref.run_thor_tiny_bert(params, data, LR, DAMP, 0.9, FREQ,
+                                                  weight_decay=1e-2, adaptive_damping=0.5,
+                                                  trace=ref_trace)
+    np.testing.assert_allclose(losses, ref_losses, rtol=RTOL)
+    for key, value in weights(net).items():
+        np.testing.assert_allclose(value, ref[key], rtol=RTOL, atol=1e-5, err_msg=key)
+    assert len(trace) == len(ref_trace) == 3
+    for (rho, s), (_, rho_ref, s_ref) in zip(trace, ref_trace):
+        assert (np.isnan(rho) and np.isnan(rho_ref)) or rho == pytest.approx(rho_ref, rel=2e-3)
+        assert s == pytest.approx(s_ref, rel=1e-6)
+    assert trace[-1][1] != 1.0
 
 
 def test_embedding_and_layernorm_rules_first_step(mode):

@@ -703,7 +703,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
         \big(T\, e_G e_A^\top + \lambda_t\big)\Big] Q_A^\top
 
     (:func:`ms_optim.ops.kfac.kron_eigen_precondition`; :math:`\oslash`: element-wise division;
-    per group for grouped convolutions); the embedding and LayerNorm rules are unchanged.
+    per group for grouped convolutions); the embedding and LayerNorm rules, and layers whose
+    registered block is not the built-in ``KroneckerBlock``, are unchanged.
 
     Adaptive damping (``adaptive_damping`` :math:`\omega`; Martens & Grosse 2015, section 6.5):
     the multiplier :math:`s` (Parameter ``thor_damping_scale``, checkpointed, starts at 1) of
@@ -717,7 +718,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
 
     both losses on the step's batch (one extra forward pass per refresh step, run by
     :class:`ThorTrainOneStepCell` in a separate graph with the network's BatchNorm moving
-    statistics restored afterwards; data parallel: averaged over the ranks). :math:`C` is the
+    statistics restored afterwards, dropout drawing new masks; data parallel: averaged over the
+    ranks). :math:`C` is the
     damped curvature that each rule inverts at :math:`s\lambda_t`
     (:func:`~ms_optim.ops.kfac.kron_curvature`, :func:`~ms_optim.ops.kfac.embedding_curvature`,
     :func:`~ms_optim.ops.kfac.layernorm_curvature`; :math:`I` for the other parameters), from

@@ -467,20 +467,28 @@ def tiny_bert_forward_backward(p, ids, positions, mlm_ids, mlm_w, eps=1e-7):
 
 
 def run_thor_tiny_bert(params, batches, lr, damping, momentum, frequency, weight_decay=0.0,
-                       clip_grad=False):
+                       clip_grad=False, adaptive_damping=None, scale_bounds=(1e-3, 1e3),
+                       trace=None):
     """THOR on :func:`tiny_bert_forward_backward`: Kronecker rule for the Dense weights, the
     embedding rule for the table, the LayerNorm rule for gamma/beta, plain gradient for biases;
     weight decay on every parameter but LayerNorm and biases (the model zoo's decay_filter);
-    optional per-tensor clipping to norm 1. Returns (params, losses)."""
+    optional per-tensor clipping to norm 1. ``adaptive_damping``: as :func:`run_thor`, the
+    model's curvature (Dense: (A + d) (x) (G + d) block-diagonal; embedding:
+    diag(a + d) (x) (G + d); LayerNorm: g*g/N + sqrt(lambda); biases: 1) at d = sqrt(s lambda).
+    Returns (params, losses)."""
     p = {k: np.array(v, np.float64) for k, v in params.items()}
     vel, inv, losses = {}, {}, []
     lr = np.atleast_1d(np.asarray(lr, np.float64))
     damping = np.atleast_1d(np.asarray(damping, np.float64))
     vocab = p["embedding"].shape[0]
+    scale = 1.0
     for step, batch in enumerate(batches):
         lr_t = lr[min(step, lr.size - 1)]
         lam = damping[min(step, damping.size - 1)]
+        if adaptive_damping is not None:
+            lam = lam * scale
         loss, grads, stats = tiny_bert_forward_backward(p, *batch)
+        old = dict(p)
         losses.append(loss)
         if step % frequency == 0:
             for name in TINY_BERT_DENSE:
@@ -508,4 +516,33 @@ def run_thor_tiny_bert(params, batches, lr, damping, momentum, frequency, weight
             v = momentum * vel.get(key, 0.0) + g
             vel[key] = v
             p[key] = p[key] - lr_t * v
+        if adaptive_damping is not None and step % frequency == 0:
+            delta = np.sqrt(lam)
+            inner, curv = 0.0, 0.0
+            for key in p:
+                d = p[key] - old[key]
+                inner += np.sum(grads[key] * d)
+                layer, _, kind = key.partition(".")
+                if key == "embedding":
+                    a, gf = inv["embedding"]
+                    curv += np.sum(d * ((a + delta)[:, None] * d @ (gf + delta * np.eye(len(gf)))))
+                elif layer in TINY_BERT_DENSE and kind == "w":
+                    x, dd, n = stats[layer]
+                    a, gf = factors(x, dd, n, 1)
+                    curv += np.sum(d * (block_diag_part(gf + delta * np.eye(len(gf))) @ d
+                                        @ block_diag_part(a + delta * np.eye(len(a)))))
+                elif layer in TINY_BERT_LAYERNORM:
+                    curv += np.sum(d * d * (grads[key] ** 2 / stats["n"] + delta))
+                else:
+                    curv += np.sum(d * d)
+            model = inner + 0.5 * curv
+            new_loss = tiny_bert_forward_backward(p, *batch)[0]
+            rho = (new_loss - loss) / model if model < 0 else np.nan
+            if rho > 0.75:
+                scale *= adaptive_damping
+            elif rho < 0.25:
+                scale /= adaptive_damping
+            scale = min(max(scale, scale_bounds[0]), scale_bounds[1])
+            if trace is not None:
+                trace.append((step, rho, scale))
     return p, losses
