@@ -737,7 +737,8 @@ def thor(net, learning_rate, damping, momentum, weight_decay=0.0, loss_scale=1.0
           inverses; the event is counted in the Parameter ``thor_fault_count``.
         - Non-finite gradients: a step in which any gradient holds a NaN or an Inf (e.g. a NaN
           batch) writes nothing: weights, moments, the inverses (also on a refresh step),
-          ``thor_kl_scale``, ``thor_fault_count`` and ``global_step`` stay bit-identical, as
+          ``thor_kl_scale``, ``thor_fault_count``, ``thor_damping_scale`` and ``global_step``
+          stay bit-identical (``thor_lm_rho`` becomes NaN: no adaptation), as
           when a loss-scale cell skips an overflow step; since ``global_step`` does not advance,
           a skipped refresh step is retried on the next step. The step is counted in the
           Parameter ``nonfinite_steps`` (int32) and the index (into the optimizer's
