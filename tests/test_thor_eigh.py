@@ -67,7 +67,7 @@ def _spec_data(kind, rng, steps):
 
 
 @pytest.mark.parametrize("kind,controls", [
-    ("conv", {}),
+    ("conv", {}), ("grouped", {}),
     ("mlp", dict(kl_clip=1e-2, factor_decay=0.8, adaptive_damping=0.5)),
     ("grouped", dict(kl_clip=1e-2, factor_decay=0.8, adaptive_damping=0.5))])
 def test_eigh_training_matches_float64(mode, kind, controls):
@@ -89,8 +89,11 @@ def test_eigh_training_matches_float64(mode, kind, controls):
                                                inverse_method="eigh", **ref_kw)
     chol, _ = thor_ref.run_thor(spec, data, lr, damping, 0.9, 2, weight_decay=1e-3, **ref_kw)
     np.testing.assert_allclose(losses, ref_losses, rtol=1e-3)
-    # float32 eigen-decompositions of rank-deficient factors (batch 3 against widths up to
-    # 504): compared relative to how far each parameter moved
+    # Compared relative to how far each parameter moved. Measured worst case (grouped net,
+    # no controls, GRAPH): 2.1e-3 for eigh against 1.6e-6 for the Cholesky rule on the same run
+    # (PYNATIVE: 9e-5): with batch 3 against widths up to 504 most eigenvalue products are ~0,
+    # their directions are divided by lambda alone, and float32 rounding is amplified by up to
+    # (T e_G e_A + lambda) / lambda; the other cases stay below 1.3e-4.
     for got, want, init in zip(net.trainable_params(), H.spec_params(ref_layers),
                                H.spec_params(spec)):
         moved = np.max(np.abs(want - init))
