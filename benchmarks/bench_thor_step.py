@@ -21,7 +21,8 @@ compile on CPU), written to ``outputs/bench/thor_step_resnet50.json``; ``--image
 recipe's image size (``--batch 8`` fits in 24 GB; 16 does not). The first-call time of
 every graph (compilation plus one step) is printed too. Leaves out: data loading, dataset sink
 mode (see ``bench_thor_sink.py``). ``--inverse-method eigh``: THOR with eigen-decompositions
-(``*_eigh.json``). Both optimizers run with learning rate 0 (:data:`LR`): the
+(``*_eigh.json``); ``--adaptive-damping 0.8``: with the extra forward of the Levenberg-Marquardt
+adaptation on refresh steps (``*_adaptive.json``). Both optimizers run with learning rate 0 (:data:`LR`): the
 same kernels, and random data cannot diverge. Writes ``outputs/bench/thor_step.json``.
 """
 import argparse
@@ -96,12 +97,12 @@ def thor_state_bytes(opt):
             "factor_averages": _nbytes(averages)}
 
 
-def _thor_step(width, batch, frequency, inverse_method="cholesky"):
+def _thor_step(width, batch, frequency, inverse_method="cholesky", adaptive_damping=None):
     ms.set_seed(0)
     net = _net(width)
     opt = ms_optim.thor(net, Tensor(LR, ms.float32), Tensor(0.03, ms.float32), 0.9,
                         weight_decay=1e-4, batch_size=batch, frequency=frequency,
-                        inverse_method=inverse_method)
+                        inverse_method=inverse_method, adaptive_damping=adaptive_damping)
     train = ms_optim.ThorTrainOneStepCell(nn.WithLossCell(net, _loss()), opt)
     x, y = _data(batch)
     for i in range(frequency + 1):
@@ -159,6 +160,9 @@ def main():
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--inverse-method", choices=("cholesky", "eigh"), default="cholesky",
                     help="THOR's inverse_method (eigh: results go to *_eigh.json)")
+    ap.add_argument("--adaptive-damping", type=float, default=None,
+                    help="THOR's adaptive_damping omega: refresh steps include the extra forward "
+                         "of the adaptation (results go to *_adaptive.json)")
     args = ap.parse_args()
     _NET.update(name=args.net, image=args.image or (32 if args.net == "resnet50" else 16),
                 classes=args.classes)
@@ -177,8 +181,11 @@ def main():
         label = "THOR full A/G"
     if args.inverse_method != "cholesky":
         label += f" {args.inverse_method}"
+    if args.adaptive_damping is not None:
+        label += " adaptive"
     step_m, n_params = _momentum_step(args.width, args.batch)
-    step_t, opt = _thor_step(args.width, args.batch, args.frequency, args.inverse_method)
+    step_t, opt = _thor_step(args.width, args.batch, args.frequency, args.inverse_method,
+                             args.adaptive_damping)
 
     t_m, t_t = [], {True: [], False: []}
     for _ in range(args.steps):  # interleaved: load changes hit both alike
@@ -220,9 +227,12 @@ def main():
     name = "thor_step" if args.net == "cnn" else f"thor_step_{args.net}"
     if args.inverse_method != "cholesky":
         name += f"_{args.inverse_method}"
+    if args.adaptive_damping is not None:
+        name += "_adaptive"
     write_json(name, {
         "net": args.net, "image": _NET["image"], **{k: round(v, 2) for k, v in COMPILE.items()},
-        "benchmark": "thor_step", "label": label, "inverse_method": args.inverse_method, "quick": args.quick, "steps": args.steps,
+        "benchmark": "thor_step", "label": label, "inverse_method": args.inverse_method,
+        "adaptive_damping": args.adaptive_damping, "quick": args.quick, "steps": args.steps,
         "frequency": args.frequency, "width": args.width, "batch": args.batch, "params": n_params,
         "momentum_ms": round(med_m * 1e3, 2),
         "refresh_ms": round(med[True] * 1e3, 2), "stale_ms": round(med[False] * 1e3, 2),

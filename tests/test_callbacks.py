@@ -144,6 +144,7 @@ def test_adaptive_damping_rows(tmp_path):
         rho, s = rows[k]["lm_rho"], scales[k]
         want = s * 0.5 if rho > 0.75 else s / 0.5 if rho < 0.25 else s
         assert scales[k + 1] == pytest.approx(min(max(want, 1e-3), 1e3), rel=1e-6)
-        assert scales[k + 1] == scales[k + 2] if k + 2 < len(rows) else True
+        if k + 2 < len(rows):  # a stale step does not adapt
+            assert scales[k + 2] == scales[k + 1]
     assert float(opt.thor_damping_scale.asnumpy()) != 1.0
     assert png.stat().st_size > 1000
