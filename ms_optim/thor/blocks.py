@@ -284,8 +284,9 @@ class EigenKroneckerBlock(KroneckerBlock):
         return ops.concat((ops.reshape(t * 1.0, (1,)), ops.reshape(lam * 1.0, (1,))))
 
     def inversion_cost(self):
-        # one SVD per block: about 4x the Cholesky work of the same block
-        return 4.0 * KroneckerBlock.inversion_cost(self)
+        # one SVD per block: measured 8.6x a Cholesky inversion of the same 16 x 128 x 128 blocks
+        # on the CPU backend (41.2 ms against 4.8 ms); only balances distribute_inversion
+        return 8.0 * KroneckerBlock.inversion_cost(self)
 
     @staticmethod
     def invert(spd_block_inverse, lam, d_a, d_g, a, g, t):
