@@ -247,3 +247,43 @@ def test_ascend_composition_with_contract_standin(mode, dim):
     wrong = np.einsum("bji,bjk->bik", u_inv, u_inv)
     right = np.einsum("bij,bkj->bik", u_inv, u_inv)
     assert np.abs(wrong - right).max() > 1e-2
+
+
+# (kernel, stride, dilation, pad_mode, padding): odd and even kernels, non-square, 'same' with
+# stride 2 (asymmetric padding), explicit asymmetric 'pad', 'valid', dilation, 1x1 strided
+_CONV_GEOMETRIES = [
+    ((3, 3), 1, 1, "same", 0), ((7, 7), 2, 1, "same", 0), ((2, 4), 2, 1, "same", 0),
+    ((3, 2), (1, 2), (2, 1), "pad", (1, 1, 2, 0)), ((3, 3), 2, 2, "same", 0),
+    ((1, 1), 2, 1, "same", 0), ((3, 3), 1, 1, "valid", 0), ((3, 3), 2, 1, "pad", 1),
+]
+
+
+@pytest.mark.parametrize("geometry", _CONV_GEOMETRIES)
+def test_conv_patches(mode, geometry):
+    """Conv2dThor's patches (its padding rule + kfac.conv_patches) against the float64 im2col of
+    the reference with the padding that MindSpore's own convolution uses: P W^T reshaped must
+    equal nn.Conv2d's output, which pins the padding of every pad_mode."""
+    from ms_optim.thor import layers as thor_layers
+    kernel, stride, dilation, pad_mode, padding = geometry
+    rng = np.random.default_rng(len(str(geometry)))
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
+    conv = nn.Conv2d(3, 4, kernel, stride=stride, pad_mode=pad_mode, padding=padding,
+                     dilation=dilation, weight_init=Tensor(
+                         rng.standard_normal((4, 3) + kernel).astype(np.float32)))
+    layer = thor_layers.Conv2dThor(3, 4, kernel, stride=stride, pad_mode=pad_mode,
+                                   padding=padding, dilation=dilation)
+    pads = thor_layers._conv_pads(pad_mode, layer.thor_pad, layer.kernel_size, layer.stride,
+                                  layer.dilation, 9, 8)
+
+    def patches(t):
+        return kfac.conv_patches(t, layer.kernel_size, layer.stride, layer.dilation, pads)
+    got = _Fn(patches)(Tensor(x)).asnumpy()
+    ref, ho, wo = thor_ref.im2col(x.astype(np.float64), kernel[0], kernel[1], layer.stride,
+                                  pads, layer.dilation)
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref.astype(np.float32))  # entries are copies: exact
+    out = conv(Tensor(x)).asnumpy()
+    assert out.shape[2:] == (ho, wo)
+    w = conv.weight.asnumpy().reshape(4, -1).astype(np.float64)
+    via_patches = (ref @ w.T).reshape(2, ho, wo, 4).transpose(0, 3, 1, 2)
+    np.testing.assert_allclose(out, via_patches, rtol=1e-4, atol=1e-4)

@@ -22,7 +22,7 @@ __all__ = [
     "momentum_step", "kl_clip_scale", "kl_clip_factor", "factor_moving_average",
     "kron_curvature", "embedding_curvature", "layernorm_curvature", "quadratic_model",
     "reduction_ratio", "lm_damping_scale", "eigen_of_blocks", "kron_eigen_precondition",
-    "kron_eigen_curvature",
+    "kron_eigen_curvature", "conv_patches",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -68,6 +68,38 @@ def output_grad_covariance(dout, n, t, loss_scale=1.0):
     """
     d = dout / loss_scale
     return ops.matmul(d.T, d) * (n / t)
+
+
+def conv_patches(x, kernel_size, stride, dilation, pads):
+    r"""The im2col patches of a convolution's input: one row per sample and output location.
+
+    .. math::
+
+        P_{(n, y, x),\,(c, i, j)} = \tilde X_{n,\; c,\; y s_h + i d_h,\; x s_w + j d_w},\qquad
+        H_{out} = \Big\lfloor \frac{H + p_t + p_b - d_h (k_h - 1) - 1}{s_h} \Big\rfloor + 1
+
+    (:math:`W_{out}` alike), where :math:`\tilde X` is :math:`X` zero-padded by
+    :math:`(p_t, p_b)` rows and :math:`(p_l, p_r)` columns. Rows are ordered
+    :math:`(n, y, x)`, columns :math:`(c, i, j)` like a flattened
+    :math:`(C_{out}, C_{in}, k_h, k_w)` weight, so that :math:`P\,W^\top` is the convolution
+    (without groups). Each entry is one input element: exact in any dtype. One
+    ``mindspore.ops.unfold`` (the ``Im2Col`` kernel of every backend).
+
+    Args:
+        x (Tensor): :math:`X`, shape :math:`(N, C, H, W)`.
+        kernel_size (tuple[int]): :math:`(k_h, k_w)`.
+        stride (tuple[int]): :math:`(s_h, s_w)`.
+        dilation (tuple[int]): :math:`(d_h, d_w)`.
+        pads (tuple[int]): :math:`(p_t, p_b, p_l, p_r)`.
+
+    Returns:
+        Tensor of shape :math:`(N H_{out} W_{out},\; C k_h k_w)`, dtype of `x`.
+    """
+    if pads[0] or pads[1] or pads[2] or pads[3]:
+        x = ops.pad(x, (pads[2], pads[3], pads[0], pads[1]))
+    cols = ops.unfold(x, kernel_size, dilation, 0, stride)
+    n, d, locations = cols.shape
+    return ops.reshape(ops.transpose(cols, (0, 2, 1)), (n * locations, d))
 
 
 def block_geometry(d, block=BLOCK_SIZE):

@@ -148,7 +148,7 @@ class DenseThor(nn.Dense, _StatsMixin):
         n_rows = x.shape[0]
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(n_rows), ms.float32)))
         if self.thor:
-            a = kfac.input_covariance_blocks(ops.cast(x, ms.float32))
+            a = kfac.input_covariance_blocks(ops.cast(ops.stop_gradient(x), ms.float32))
             x = ops.depend(x, ops.assign(self.matrix_a, a))
             x = self.matmul(x, self.weight)
             x = self.get_g(x)
@@ -163,6 +163,22 @@ class DenseThor(nn.Dense, _StatsMixin):
         if self.thor_float32_output:
             x = ops.cast(x, ms.float32)
         return x
+
+
+def _conv_pads(pad_mode, pad, kernel_size, stride, dilation, h, w):
+    """``(top, bottom, left, right)`` zero padding of a ``mindspore.ops.Conv2D`` input of height
+    `h` and width `w`: ``'pad'`` its explicit padding; ``'valid'`` none; ``'same'`` the total
+    :math:`\max(0, (\lceil h/s\rceil - 1) s + d (k - 1) + 1 - h)`, its smaller half on top
+    (left)."""
+    if pad_mode == 'pad':
+        return pad
+    if pad_mode == 'valid':
+        return (0, 0, 0, 0)
+    need_h = max(0, ((h + stride[0] - 1) // stride[0] - 1) * stride[0]
+                 + dilation[0] * (kernel_size[0] - 1) + 1 - h)
+    need_w = max(0, ((w + stride[1] - 1) // stride[1] - 1) * stride[1]
+                 + dilation[1] * (kernel_size[1] - 1) + 1 - w)
+    return (need_h // 2, need_h - need_h // 2, need_w // 2, need_w - need_w // 2)
 
 
 class Conv2dThor(nn.Conv2d, _StatsMixin):
@@ -240,16 +256,9 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
         self._init_stats(KroneckerBlock.block_shape(d_in_g, group),
                          KroneckerBlock.block_shape(d_out_g, group),
                          (d_in_g, d_out_g), group)
-        kernel = np.zeros((d_in, 1, kh, kw), np.float32)
-        for c in range(in_channels):
-            for i in range(kh):
-                for j in range(kw):
-                    kernel[c * kh * kw + i * kw + j, 0, i, j] = 1.0
-        self.patch_kernel = Tensor(kernel)
-        # the layer's own geometry, one output channel per (c, i, j): exact im2col
-        self.im2col = ops.Conv2D(out_channel=d_in, kernel_size=self.kernel_size, mode=1,
-                                 pad_mode=self.pad_mode, pad=self.padding, stride=self.stride,
-                                 dilation=self.dilation, group=in_channels)
+        # explicit (top, bottom, left, right) padding of pad_mode 'pad'
+        pad = self.padding
+        self.thor_pad = (pad,) * 4 if isinstance(pad, int) else tuple(pad)
 
     def _save_gradient(self, dout):
         """Backward hook: store G from the output gradient; the gradient passes unchanged."""
@@ -260,11 +269,13 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
     def construct(self, x):
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(x.shape[0]), ms.float32)))
         if self.thor:
-            # Patches in the compute dtype (x's: float16 under mixed precision): the 0/1 kernel
-            # selects one input element per output, so they are exact; A is formed in float32.
-            p = self.im2col(x, ops.cast(self.patch_kernel, x.dtype))
-            n, d, h, w = p.shape
-            p = ops.reshape(ops.transpose(p, (0, 2, 3, 1)), (n * h * w, d))
+            # Patches in the compute dtype (x's: float16 under mixed precision; exact, each entry
+            # is one input element), with the layer's own geometry; A is formed in float32. The
+            # statistics are not differentiated (no backward through them).
+            pads = _conv_pads(self.pad_mode, self.thor_pad, self.kernel_size, self.stride,
+                              self.dilation, x.shape[2], x.shape[3])
+            p = kfac.conv_patches(ops.stop_gradient(x), self.kernel_size, self.stride,
+                                  self.dilation, pads)
             a = kfac.input_covariance_blocks(ops.cast(p, ms.float32), groups=self.thor_groups)
             x = ops.depend(x, ops.assign(self.matrix_a, a))
             out = self.conv2d(x, self.weight)
