@@ -34,7 +34,7 @@ docs: $(STAMP)
 # every script with --quick, a few minutes. bench_lars_peers.py needs torch, timm, jax and optax,
 # which must not go into .venv: it runs with PEERS_PY (a python of a separate venv, see the
 # script's docstring) when that exists, and is skipped with a message otherwise.
-BENCH_SCRIPTS := bench_lars_step bench_lars_e2e bench_thor_step bench_thor_sink \
+BENCH_SCRIPTS := bench_lars_step bench_lars_e2e bench_thor_step profile_thor_refresh bench_thor_sink \
                  thor_checkpoint_size bench_large_batch bench_thor_accuracy
 PEERS_PY ?= $(firstword $(wildcard /work/peers-venv/bin/python))
 
