@@ -166,7 +166,7 @@ class DenseThor(nn.Dense, _StatsMixin):
 
 
 def _conv_pads(pad_mode, pad, kernel_size, stride, dilation, h, w):
-    """``(top, bottom, left, right)`` zero padding of a ``mindspore.ops.Conv2D`` input of height
+    r"""``(top, bottom, left, right)`` zero padding of a ``mindspore.ops.Conv2D`` input of height
     `h` and width `w`: ``'pad'`` its explicit padding; ``'valid'`` none; ``'same'`` the total
     :math:`\max(0, (\lceil h/s\rceil - 1) s + d (k - 1) + 1 - h)`, its smaller half on top
     (left)."""
