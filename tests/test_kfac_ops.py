@@ -287,3 +287,40 @@ def test_conv_patches(mode, geometry):
     w = conv.weight.asnumpy().reshape(4, -1).astype(np.float64)
     via_patches = (ref @ w.T).reshape(2, ho, wo, 4).transpose(0, 3, 1, 2)
     np.testing.assert_allclose(out, via_patches, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape, groups, loss_scale", [
+    ((3, 5, 4, 2), 1, 1.0),        # one block of 5
+    ((2, 300, 3, 3), 1, 1.0),      # three blocks of 128, the last padded
+    ((2, 256, 1, 1), 1, 4.0),      # T = 1, two whole blocks, a loss scale
+    ((2, 6, 3, 2), 2, 1.0),        # grouped: 2 groups of 3 channels
+    ((2, 12, 2, 3), 6, 2.0),       # depthwise-style: 6 groups of 2
+])
+def test_conv_output_grad_covariance_blocks(mode, shape, groups, loss_scale):
+    """Channels-first G blocks against the float64 blocks of (N/T) D^T D per group (rows layout)
+    and against output_grad_covariance_blocks on the transposed rows."""
+    rng = np.random.default_rng(sum(shape) + groups)
+    dout = rng.standard_normal(shape)
+    n, c, h, w = shape
+    d = c // groups
+    s = min(d, 128)
+    nb = -(-d // s)
+    rows = dout.transpose(0, 2, 3, 1).reshape(-1, c) / loss_scale
+    ref = []
+    for j in range(groups):
+        dj = np.pad(rows[:, j * d:(j + 1) * d], ((0, 0), (0, nb * s - d)))
+        full = dj.T @ dj * (n / (h * w))
+        ref += [full[b * s:(b + 1) * s, b * s:(b + 1) * s] for b in range(nb)]
+    ref = np.stack(ref)
+
+    def channels_first(x):
+        return kfac.conv_output_grad_covariance_blocks(x, loss_scale=loss_scale, groups=groups)
+
+    def from_rows(x):
+        return kfac.output_grad_covariance_blocks(x, n, h * w, loss_scale=loss_scale,
+                                                  groups=groups)
+    got = _Fn(channels_first)(Tensor(dout.astype(np.float32))).asnumpy()
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+    rows_way = _Fn(from_rows)(Tensor((rows * loss_scale).astype(np.float32))).asnumpy()
+    np.testing.assert_allclose(got, rows_way, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
