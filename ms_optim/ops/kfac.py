@@ -22,7 +22,7 @@ __all__ = [
     "momentum_step", "kl_clip_scale", "kl_clip_factor", "factor_moving_average",
     "kron_curvature", "embedding_curvature", "layernorm_curvature", "quadratic_model",
     "reduction_ratio", "lm_damping_scale", "eigen_of_blocks", "kron_eigen_precondition",
-    "kron_eigen_curvature", "conv_patches", "conv_output_grad_covariance_blocks",
+    "kron_eigen_curvature", "conv_patches",
 ]
 
 #: Block size of the block-diagonal inverses (THOR's hardware-driven 128 split).
@@ -183,47 +183,6 @@ def output_grad_covariance_blocks(dout, n, t, block=BLOCK_SIZE, loss_scale=1.0, 
     """
     d_b = _column_blocks(dout / loss_scale, block, groups)
     return ops.BatchMatMul(transpose_a=True)(d_b, d_b) * (n / t)
-
-
-def conv_output_grad_covariance_blocks(dout, block=BLOCK_SIZE, loss_scale=1.0, groups=1):
-    r""":func:`output_grad_covariance_blocks` of a convolution, from its output gradient as it is
-    (channels first), without transposing it into rows.
-
-    .. math::
-
-        G_b = \frac{N}{T} \sum_{n=1}^{N} D_{n,b}\, D_{n,b}^\top,\qquad
-        D_{n,b} = \tilde D_{n,\; [bs:(b+1)s],\; :} \in \mathbb{R}^{s \times T},\qquad
-        \tilde D = \frac{1}{s_L}\,\big(\partial (s_L L)/\partial Y \;;\; 0\big)
-
-    where :math:`\partial(s_L L)/\partial Y` is reshaped to :math:`(N, d_{out}, T)`,
-    :math:`T = H W`, and zero channels pad :math:`d_{out}` to :math:`n_b s`: the sum over samples
-    of :math:`D_n D_n^\top` equals :math:`D^\top D` of the rows layout, so the result is that of
-    :func:`output_grad_covariance_blocks`. With :math:`g` = `groups` > 1 the channels are
-    :math:`g` groups of :math:`d_{out}` each, and the result is every group's blocks, group after
-    group.
-
-    Args:
-        dout (Tensor): :math:`s_L\,\partial L/\partial Y`, shape :math:`(N, g\, d_{out}, H, W)`.
-        block (int): maximal block size. Default: ``128``.
-        loss_scale (Union[float, Tensor]): :math:`s_L`. Default: ``1.0``.
-        groups (int): :math:`g`. Default: ``1``.
-
-    Returns:
-        Tensor of shape :math:`(g\, n_b, s, s)`, float32.
-    """
-    n, c, h, w = dout.shape
-    t = h * w
-    d = c // groups
-    nb, s, pad = block_geometry(d, block)
-    x = ops.cast(dout, ms.float32)
-    if not isinstance(loss_scale, (int, float)) or loss_scale != 1:
-        x = x / loss_scale
-    if pad > 0:
-        x = ops.pad(ops.reshape(x, (n * groups, d, t)), (0, 0, 0, pad))
-    x = ops.reshape(x, (n * groups * nb, s, t))
-    g = ops.BatchMatMul(transpose_b=True)(x, x)
-    g = ops.reshape(g, (n, groups * nb, s, s)).sum(0)
-    return g * (n / t)
 
 
 def factored_damping(damping, t):

@@ -262,14 +262,9 @@ class Conv2dThor(nn.Conv2d, _StatsMixin):
 
     def _save_gradient(self, dout):
         """Backward hook: store G from the output gradient; the gradient passes unchanged."""
-        # channels first, as the gradient comes (no transposition into rows: cheaper to run and
-        # about half the hook's compilation time). The two assigns are written out here as in
-        # _store_g: a shared helper method called from both layers' hooks made GRAPH mode mix
-        # up the layers' statistics under amp O3 (measured: wrong G, no error).
-        g = kfac.conv_output_grad_covariance_blocks(dout, groups=self.thor_groups)
-        g = ops.depend(g, ops.assign(self.thor_t, Tensor(float(dout.shape[2] * dout.shape[3]),
-                                                         ms.float32)))
-        return ops.depend(dout, ops.assign(self.matrix_g, g))
+        n, c, h, w = dout.shape
+        rows = ops.reshape(ops.transpose(dout, (0, 2, 3, 1)), (n * h * w, c))
+        return ops.depend(dout, self._store_g(rows, n, h * w))
 
     def construct(self, x):
         x = ops.depend(x, ops.assign(self.thor_n, Tensor(float(x.shape[0]), ms.float32)))
