@@ -6,8 +6,9 @@ positive definite blocks of shape ``(n_b, s, s)``: the contract of
 backends; the mathematics (statistics, damping, block split, preconditioning) is
 :mod:`ms_optim.ops.kfac` for all of them.
 
-* :class:`PortableKernels`: ``ops.cholesky`` + ``ops.cholesky_solve`` (CPU, GPU, Ascend; GRAPH
-  and PYNATIVE).
+* :class:`PortableKernels`: ``ops.cholesky``, a batched ``MatrixTriangularSolve`` for
+  :math:`L^{-1}` and :math:`L^{-\top} L^{-1}` (CPU, GPU; GRAPH and PYNATIVE; MindSpore 2.10
+  documents ``ops.cholesky`` for GPU and CPU only).
 * :class:`AscendKernels`: the Ascend ``CusCholeskyTrsm`` kernel, whose contract is "for a
   matrix cut into 128x128 diagonal blocks :math:`B_b = U_b^T U_b`, return :math:`U_b^{-1}`",
   composed as :math:`U_b^{-1} U_b^{-T}` (:func:`ms_optim.ops.kfac.inverse_from_upper_inverse`).
