@@ -19,12 +19,12 @@ from .thor import (Conv2dThor, ConvertModelUtils, ConvertNetUtils, DenseThor, Em
 
 #: Recommended values of THOR's keyword-only controls, found by experiment
 #: (``benchmarks/bench_thor_accuracy.py``; the evidence is in the THOR guide, "Controls and
-#: recommended settings"): KAISA's KL clip :math:`\kappa = 10^{-3}` (``kl_clip``) and running
+#: recommended settings"): KAISA's KL clip :math:`\kappa = 3\cdot 10^{-3}` (``kl_clip``) and running
 #: means of the Kronecker factors with :math:`\beta = 0.9` (``factor_decay``). Use it as
 #: ``ms_optim.thor(net, lr, damping, momentum, ..., **ms_optim.THOR_RECOMMENDED)``; calls without
 #: it keep the results of upstream ``nn.thor``. Read-only: ``dict(ms_optim.THOR_RECOMMENDED)``
 #: gives a copy to change.
-THOR_RECOMMENDED = _MappingProxyType({"kl_clip": 1e-3, "factor_decay": 0.9})
+THOR_RECOMMENDED = _MappingProxyType({"kl_clip": 3e-3, "factor_decay": 0.9})
 
 # --- telemetry ---
 from .callbacks import OptimizerMonitor

@@ -401,6 +401,11 @@ def _padded_block_product(left, x, right, groups):
     n_a, s_a = right.shape[0] // groups, right.shape[1]
     out_p, in_p = n_g * s_g, n_a * s_a
     x = ops.BatchMatMul()(left, ops.reshape(x, (groups * n_g, s_g, in_p)))
+    if n_a == 1:
+        # one column block (d_in <= 128): the column-block transposes below would be copies
+        # that move nothing
+        return ops.reshape(ops.BatchMatMul()(ops.reshape(x, (groups, out_p, s_a)), right),
+                           (groups, out_p, in_p))
     x = ops.transpose(ops.reshape(x, (groups, out_p, n_a, s_a)), (0, 2, 1, 3))
     x = ops.BatchMatMul()(ops.reshape(x, (groups * n_a, out_p, s_a)), right)
     x = ops.transpose(ops.reshape(x, (groups, n_a, out_p, s_a)), (0, 2, 1, 3))
