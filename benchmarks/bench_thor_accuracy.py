@@ -335,7 +335,8 @@ def main(argv=None):
                     help="with --rescore: compile time of a second run with MindSpore's compile "
                          "cache (one folder per configuration under DIR)")
     ap.add_argument("--report", metavar="JSON",
-                    help="print the table and verdicts of an earlier result file (no runs)")
+                    help="print the table and verdicts of an earlier result file and plot it to "
+                         "<out>.png (no runs)")
     ap.add_argument("--rescore", metavar="JSON",
                     help="re-measure the compile time of every cell of an earlier result file in "
                          "fresh processes, recompute the seconds and ratios, write <out>.json")
@@ -344,6 +345,7 @@ def main(argv=None):
         with open(args.report, encoding="utf-8") as f:
             old = json.load(f)
         report(old["cells"])
+        plot(old["cells"], args.out)
         return old
     if args.rescore:
         with open(args.rescore, encoding="utf-8") as f:
@@ -379,7 +381,7 @@ def main(argv=None):
     print(f"THOR vs Momentum to target accuracy: set-ups {setups}, batches {batches}, "
           f"{n_seeds} seed(s), lr grid {args.lrs}, optimizers {args.optimizers}; "
           f"THOR_RECOMMENDED = {dict(ms_optim.THOR_RECOMMENDED)}; thor+rec uses {rec}", flush=True)
-    cells, curves = [], []
+    cells = []
     for setup in setups:
         ds_name, kw, _ = datasets.SETUPS[setup]
         data = datasets.load(ds_name, val_fraction=0.0, seed=0, **kw)
@@ -410,12 +412,6 @@ def main(argv=None):
                               "first_call_s": probe["first_call_s"],
                               "steady_step_s": probe["steady_step_s"],
                               "steps_per_epoch": tr.steps_per_epoch, "runs": runs, **summary})
-                if summary["best"]:
-                    best_runs = [r for r in runs if r["lr"] == summary["best"]["lr"]]
-                    curves.append({"setup": setup, "batch": batch, "optimizer": opt_name,
-                                   "lr": summary["best"]["lr"],
-                                   "test_acc": [r["test_acc"] for r in best_runs],
-                                   "cum_seconds": [r["cum_seconds"] for r in best_runs]})
 
     report(cells)
     out = {"stamp": stamp(mode=args.mode), "thor_recommended": dict(ms_optim.THOR_RECOMMENDED),
@@ -425,15 +421,27 @@ def main(argv=None):
            "total_seconds": time.perf_counter() - t_start}
     path = write_json(args.out, out)
     print(f"wrote {path}; peak RSS {peak_rss_mb():.0f} MB; total {out['total_seconds']:.0f}s")
+    plot(cells, args.out)
+    return out
+
+
+def plot(cells, name):
+    """Accuracy curves of every cell's best learning rate (all seeds) to ``<OUT_DIR>/<name>.png``."""
+    curves = []
+    for c in cells:
+        if c["best"]:
+            best_runs = [r for r in c["runs"] if r["lr"] == c["best"]["lr"]]
+            curves.append({"setup": c["setup"], "batch": c["batch"], "optimizer": c["optimizer"],
+                           "lr": c["best"]["lr"], "test_acc": [r["test_acc"] for r in best_runs],
+                           "cum_seconds": [r["cum_seconds"] for r in best_runs]})
+    panels = list(dict.fromkeys((c["setup"], c["batch"]) for c in cells))
     try:
         from plots import plot_thor_accuracy
-        png = plot_thor_accuracy(curves, [(s, b) for s in setups for b in batches],
-                                 {s: TARGETS[s][0] for s in setups},
-                                 os.path.join(OUT_DIR, args.out + ".png"))
+        png = plot_thor_accuracy(curves, panels, {c["setup"]: c["target"] for c in cells},
+                                 os.path.join(OUT_DIR, name + ".png"))
         print(f"wrote {png}")
     except ImportError as exc:  # matplotlib is an optional extra
         print(f"no plot ({exc})")
-    return out
 
 
 if __name__ == "__main__":

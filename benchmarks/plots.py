@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-COLORS = {"momentum": "tab:blue", "lars": "tab:orange", "thor": "tab:green"}
+COLORS = {"momentum": "tab:blue", "lars": "tab:orange", "thor": "tab:green", "thor+rec": "tab:red"}
 
 
 def _plt():
@@ -55,7 +55,7 @@ def plot_thor_accuracy(curves, setups, target_of, path):
 
     ``curves``: list of dicts with ``setup``, ``batch``, ``optimizer``, ``lr``, ``test_acc`` (list
     of per-seed lists) and ``cum_seconds`` (list of per-seed lists); one panel per (set-up, batch)
-    in ``setups``; mean over seeds drawn, the target as a dashed line.
+    in ``setups``; one line per seed, one colour per optimizer, the target as a dashed line.
     """
     plt = _plt()
     n = len(setups)
