@@ -329,7 +329,10 @@ def damped_inverse_of_blocks(blocks, d, delta, spd_block_inverse=spd_block_inver
         Tensor :math:`(g\, n_b, s, s)`.
     """
     s = blocks.shape[1]
-    nb, _, pad = block_geometry(d, s)
+    # indexed, not unpacked: an unused unpacked element is an isolated node that MindSpore's
+    # GRAPH compiler reports with a warning ("side effect nodes were eliminated by mistake")
+    geometry = block_geometry(d, s)
+    nb, pad = geometry[0], geometry[2]
     groups = blocks.shape[0] // nb
     e = delta * ops.ones(d, blocks.dtype)
     if pad > 0:
