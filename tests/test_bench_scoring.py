@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "benchmarks"))
-bta = pytest.importorskip("bench_thor_accuracy")
+import bench_thor_accuracy as bta  # noqa: E402  (a broken script must fail here, not skip)
 
 
 def _run(lr, seed, reached, spent, epochs=12):
